@@ -1,0 +1,38 @@
+"""Benchmarks that write JSON (figure, machine, commit, config); never timed tests.
+
+    python engine/benchmark.py data --corpus ../shared/data/corpus/pmc_rct_fulltext --out bench/data.json
+    python engine/benchmark.py train --out bench/train.json
+    python engine/benchmark.py masking --out bench/masking.json
+    python engine/benchmark.py distill --out bench/distill.json
+
+Each subcommand lives in `engine/benchmarks/<name>.py` as `add_arguments(parser)` + `run(args) -> dict`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = ["data", "train", "masking", "distill"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="name", required=True)
+    modules = {}
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"engine.benchmarks.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"engine.benchmarks.{name}":
+                raise
+            continue
+        modules[name] = module
+        module.add_arguments(sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0]))
+    args = parser.parse_args(argv)
+    modules[args.name].run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Corpus stage: streaming readers (txt folder, JSONL, PubMed XML), normalisation, demo corpus."""

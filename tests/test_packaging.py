@@ -1,0 +1,22 @@
+"""Installing the project must not change what `transformers` does (our `kernels` is a generic name)."""
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_transformers_does_not_take_our_kernels_for_hf_kernels():
+    import kernels
+    from transformers.utils import import_utils
+    project_root = Path(importlib.import_module("engine").__file__).resolve().parents[1]
+    assert Path(kernels.__file__).resolve().is_relative_to(project_root)  # it is ours that is importable
+    assert import_utils.is_kernels_available() is False
+
+
+def test_transformers_bert_imports_in_a_fresh_process_with_our_packages_importable():
+    code = ("import engine, kernels; from transformers import BertForMaskedLM, BertConfig; "
+            "m = BertForMaskedLM(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, "
+            "num_attention_heads=2, intermediate_size=32)); print(type(m).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("BertForMaskedLM")
