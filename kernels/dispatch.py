@@ -1,0 +1,132 @@
+"""The one place that decides which implementation runs attention and LayerNorm.
+
+Backends: "reference" (torch ops; default), "fused" (Triton kernels of a later issue; none is
+installed yet, so forcing it raises), "auto" (fused where available and applicable, else reference).
+Force one with `set_backend(...)` (the trainer maps its config onto this) or the environment
+variable `BIOPTIMUS_KERNELS=reference|fused|auto`. Every distinct choice is logged once.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Literal
+
+import torch
+
+from kernels.attention import (
+    AttentionGrid,
+    attention_ref,
+    attention_varlen_flash,
+    attention_varlen_ref,
+    block_diagonal_grid,
+    flash_varlen_available,
+    sequence_grid,
+)
+from kernels.layer_norm import layer_norm_ref
+
+__all__ = [
+    "AttentionGrid", "BACKENDS", "KernelUnavailableError", "attention", "attention_varlen",
+    "block_diagonal_grid", "get_backend", "layer_norm", "sequence_grid", "set_backend",
+]
+
+Backend = Literal["reference", "fused", "auto"]
+BACKENDS: tuple[str, ...] = ("reference", "fused", "auto")
+
+log = logging.getLogger(__name__)
+
+
+class KernelUnavailableError(RuntimeError):
+    """A backend was forced that has no implementation for this op on this machine."""
+
+
+def _initial_backend() -> str:
+    value = os.environ.get("BIOPTIMUS_KERNELS", "reference")
+    if value not in BACKENDS:
+        raise ValueError(f"BIOPTIMUS_KERNELS={value!r} is not one of {list(BACKENDS)}")
+    return value
+
+
+_backend: str = _initial_backend()
+# decided once at import: a plain bool keeps `attention_varlen` traceable by torch.compile
+_FLASH_VARLEN: bool = flash_varlen_available()
+_logged: set[tuple[str, str]] = set()
+
+
+def set_backend(name: Backend) -> None:
+    """Force the kernel backend for every later call ("reference", "fused" or "auto")."""
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"kernel backend {name!r} is not one of {list(BACKENDS)}")
+    _backend = name
+
+
+def get_backend() -> str:
+    """The backend currently forced."""
+    return _backend
+
+
+def _log_once(op: str, choice: str) -> None:
+    if torch.compiler.is_compiling():  # logging inside a compiled region would break the graph
+        return
+    if (op, choice) not in _logged:
+        _logged.add((op, choice))
+        log.info("kernels: %s -> %s (backend=%s)", op, choice, _backend)
+
+
+def _no_fused(op: str) -> KernelUnavailableError:
+    return KernelUnavailableError(
+        f"kernel backend 'fused' was forced but no fused {op} kernel is installed; "
+        "use set_backend('reference') or 'auto'"
+    )
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """LayerNorm over the last dim of `x` [..., N] with `weight`, `bias` [N]."""
+    if _backend == "fused":
+        raise _no_fused("layer_norm")
+    _log_once("layer_norm", "layer_norm_ref")
+    return layer_norm_ref(x, weight, bias, eps)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Padded attention: `q, k, v` [B, H, L, D], bool `attn_mask` (True = attend) -> [B, H, L, D]."""
+    if _backend == "fused":
+        raise _no_fused("attention")
+    _log_once("attention", "attention_ref (torch SDPA)")
+    return attention_ref(q, k, v, attn_mask, dropout_p, scale)
+
+
+def attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    grid: AttentionGrid | None = None,
+) -> torch.Tensor:
+    """Varlen attention confined to each sequence: `q, k, v` (T, H, D), int32 `cu_seqlens`
+    [num_seqs + 1], python int `max_seqlen` -> (T, H, D). `grid` is an optional hint for the SDPA
+    reference (see `kernels.attention.AttentionGrid`); kernels that need none ignore it."""
+    if _backend == "fused":
+        raise _no_fused("varlen attention")
+    # torch's flash varlen kernel is a torch op (so still "reference"), but it has no dropout
+    # and needs CUDA half precision; everything else repads and uses SDPA.
+    if (
+        q.is_cuda
+        and q.dtype in (torch.float16, torch.bfloat16)
+        and dropout_p == 0.0
+        and _FLASH_VARLEN
+    ):
+        _log_once("attention_varlen", "torch flash varlen_attn")
+        return attention_varlen_flash(q, k, v, cu_seqlens, max_seqlen, scale)
+    _log_once("attention_varlen", "attention_varlen_ref (repad + torch SDPA)")
+    return attention_varlen_ref(q, k, v, cu_seqlens, max_seqlen, dropout_p, scale, grid)
