@@ -4,6 +4,7 @@
     python engine/benchmark.py train --out bench/train.json
     python engine/benchmark.py masking --out bench/masking.json
     python engine/benchmark.py distill --out bench/distill.json
+    python engine/benchmark.py ner --out bench/ner.json
 
 Each subcommand lives in `engine/benchmarks/<name>.py` as `add_arguments(parser)` + `run(args) -> dict`.
 """
@@ -13,7 +14,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ["data", "train", "masking", "distill"]
+SUBCOMMANDS = ["data", "train", "masking", "distill", "ner"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,226 @@
+"""The NER entry script end to end on a tiny model: fine-tune, select on devel, write units, merge, refuse bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from engine.corpus.demo import write_demo_ner
+from engine.evaluate_ner import main
+from engine.ner.conll import read_conll
+from engine.ner.tiny_model import write_tiny_bert
+
+QUICK = ["--epochs", "4", "--lr", "1e-2", "--batch-size", "8"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Demo data laid out as the NCBI-disease task, and a tiny BERT that knows the train words."""
+    root = tmp_path_factory.mktemp("ner_eval")
+    data = root / "data"
+    write_demo_ner(data / "NCBI-disease", sizes=(120, 40, 40))
+    words = sorted({w for s in read_conll(data / "NCBI-disease" / "train.tsv").sentences for w in s.words})
+    model = write_tiny_bert(root / "tiny", words[::2])
+    return root, data, model
+
+
+@pytest.fixture(scope="module")
+def two_seeds(setup):
+    root, data, model = setup
+    out = root / "two_seeds"
+    main(["--model", str(model), "--data", str(data), "--seeds", "1,2", "--out", str(out), *QUICK])
+    return out
+
+
+@pytest.fixture(scope="module")
+def separate_units(setup):
+    """The same two seeds, each run alone as a SLURM array element would run it."""
+    root, data, model = setup
+    for seed in (1, 2):
+        main(["--model", str(model), "--data", str(data), "--tasks", "ncbi-disease", "--seeds", str(seed),
+              "--out", str(root / f"unit_{seed}"), *QUICK])
+    return [root / "unit_1", root / "unit_2"]
+
+
+def _unit(out, seed):
+    return json.loads((out / "ncbi-disease" / f"seed{seed}" / "result.json").read_text())
+
+
+@pytest.mark.slow
+def test_fine_tuning_the_tiny_model_learns_the_demo_entities(two_seeds):
+    unit = _unit(two_seeds, 1)
+    assert unit["test"]["f1"] > 0.3 and unit["devel"]["f1"] > 0.3
+    assert unit["recipe"]["history"][-1]["train_loss"] < unit["recipe"]["history"][0]["train_loss"]
+
+
+@pytest.mark.slow
+def test_model_selection_keeps_the_best_devel_epoch(two_seeds):
+    unit = _unit(two_seeds, 2)
+    f1s = [h["devel_f1"] for h in unit["recipe"]["history"]]
+    assert unit["best_epoch"] == 1 + f1s.index(max(f1s))
+    assert unit["devel"]["f1"] == pytest.approx(max(f1s))
+
+
+@pytest.mark.slow
+def test_presets_fill_what_the_command_line_leaves_open(setup, two_seeds):
+    recipe = _unit(two_seeds, 1)["recipe"]
+    assert (recipe["lr"], recipe["epochs"], recipe["batch_size"]) == (1e-2, 4, 8)
+    assert recipe["max_length"] == 128  # 512 requested by default, capped at the tiny model's positions
+
+
+@pytest.mark.slow
+def test_unit_writes_predictions_next_to_gold_for_every_token(setup, two_seeds):
+    _, data, _ = setup
+    gold = read_conll(data / "NCBI-disease" / "test.tsv").sentences
+    pred = read_conll(two_seeds / "ncbi-disease" / "seed1" / "test.pred.tsv").sentences
+    assert [s.words for s in pred] == [s.words for s in gold]
+    assert [[m[0] for m in s.middle] for s in pred] == [s.tags for s in gold]
+
+
+@pytest.mark.slow
+def test_report_has_mean_and_std_over_seeds_beside_published_numbers(two_seeds):
+    report = json.loads((two_seeds / "results.json").read_text())
+    f1s = [100 * _unit(two_seeds, s)["test"]["f1"] for s in (1, 2)]
+    stat = report["summary"]["ncbi-disease"]["test_f1"]
+    assert stat["mean"] == pytest.approx(sum(f1s) / 2)
+    assert stat["std"] == pytest.approx(abs(f1s[0] - f1s[1]) / 2 ** 0.5)
+    table = (two_seeds / "results.md").read_text()
+    assert "89.54" in table and "87.82" in table and f"{stat['mean']:.2f} ± {stat['std']:.2f}" in table
+    assert (two_seeds / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_same_seed_gives_identical_results(two_seeds, separate_units):
+    alone, together = _unit(separate_units[0], 1), _unit(two_seeds, 1)
+    assert [h["train_loss"] for h in alone["recipe"]["history"]] == [h["train_loss"] for h in together["recipe"]["history"]]
+    assert alone["test"] == together["test"]
+    assert together["recipe"]["history"][0]["train_loss"] != _unit(two_seeds, 2)["recipe"]["history"][0]["train_loss"]
+
+
+@pytest.mark.slow
+def test_separately_run_units_merge_into_the_same_report(two_seeds, separate_units, tmp_path):
+    main(["merge", *map(str, separate_units), "--out", str(tmp_path / "merged")])
+    merged = json.loads((tmp_path / "merged" / "results.json").read_text())["summary"]
+    assert merged == json.loads((two_seeds / "results.json").read_text())["summary"]
+
+
+@pytest.mark.slow
+def test_merge_refuses_the_same_task_and_seed_twice(two_seeds, tmp_path):
+    shutil.copytree(two_seeds / "ncbi-disease", tmp_path / "copy")
+    with pytest.raises(SystemExit, match="error: .*seed 1 also in"):
+        main(["merge", str(two_seeds), str(tmp_path / "copy"), "--out", str(tmp_path / "m")])
+    assert not (tmp_path / "m").exists()
+
+
+def test_long_sentences_train_in_windows(setup, tmp_path):
+    _, data, model = setup
+    main(["--model", str(model), "--data", str(data), "--seeds", "1", "--out", str(tmp_path), "--max-length", "12",
+          "--epochs", "1", "--max-train-sentences", "30"])
+    unit = _unit(tmp_path, 1)
+    assert unit["sizes"]["train"] == 30 and unit["train_windows"] > 30
+    assert unit["recipe"]["max_length"] == 12
+
+
+def test_half_precision_model_folder_is_loaded_as_float32_master_weights(setup, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from engine.ner.model_io import load_token_classifier
+    model = shutil.copytree(setup[2], tmp_path / "fp16")
+    weights = load_file(model / "model.safetensors")
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in weights.items()}, model / "model.safetensors")
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "dtype": "float16"}))
+    classifier = load_token_classifier(model, ["O", "B-Chemical", "I-Chemical"])
+    assert {p.dtype for p in classifier.parameters()} == {torch.float32}
+
+
+def test_diverging_run_stops_with_an_error(setup, tmp_path):
+    with pytest.raises(SystemExit, match="error: .*training loss is nan.*diverged"):
+        main(["--model", str(setup[2]), "--data", str(setup[1]), "--seeds", "1", "--out", str(tmp_path / "out"),
+              "--epochs", "1", "--lr", "1e30", "--batch-size", "8", "--finetune.max_grad_norm=0"])
+    assert not (tmp_path / "out" / "ncbi-disease" / "seed1" / "result.json").exists()
+
+
+# --- bad input: one-line error naming file and line, non-zero exit, nothing written ---
+
+def _copy_data(setup, tmp_path):
+    _, data, _ = setup
+    shutil.copytree(data, tmp_path / "data")
+    return tmp_path / "data" / "NCBI-disease"
+
+
+def _refused(setup, tmp_path, *extra, model=None, match):
+    _, _, tiny = setup
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=match) as info:
+        main(["--model", str(model or tiny), "--data", str(tmp_path / "data"), "--seeds", "1", "--out", str(out),
+              *QUICK, *extra])
+    assert "\n" not in str(info.value.code)
+    assert not out.exists()
+
+
+def test_empty_train_file_is_refused(setup, tmp_path):
+    (_copy_data(setup, tmp_path) / "train.tsv").write_text("")
+    _refused(setup, tmp_path, match=r"error: .*train\.tsv: empty file")
+
+
+def test_line_with_wrong_columns_is_refused_with_its_line(setup, tmp_path):
+    path = _copy_data(setup, tmp_path) / "devel.tsv"
+    lines = path.read_text().split("\n")
+    lines[6] = "word\tNN\tO"
+    path.write_text("\n".join(lines))
+    _refused(setup, tmp_path, match=r"error: .*devel\.tsv:7: expected 2 columns")
+
+
+def test_unknown_tag_scheme_is_refused(setup, tmp_path):
+    path = _copy_data(setup, tmp_path) / "train.tsv"
+    path.write_text(path.read_text().replace("B-Chemical", "S-Chemical", 1))
+    _refused(setup, tmp_path, match=r"error: .*train\.tsv:\d+: tag 'S-Chemical' is not typed IOB")
+
+
+def test_i_after_o_is_refused_in_strict_mode_and_repaired_on_request(setup, tmp_path):
+    path = _copy_data(setup, tmp_path) / "test.tsv"
+    path.write_text("the\tO\ncisplatin\tI-Chemical\n\n" + path.read_text())
+    _refused(setup, tmp_path, match=r"error: .*test\.tsv:2: I-Chemical follows O .*--repair-iob")
+    with pytest.warns(UserWarning, match="repaired 1"):
+        main(["--model", str(setup[2]), "--data", str(tmp_path / "data"), "--seeds", "1", "--out",
+              str(tmp_path / "repaired"), "--epochs", "1", "--repair-iob"])
+    assert _unit(tmp_path / "repaired", 1)["repaired"]["test"] == 1
+
+
+def test_test_label_absent_from_train_is_refused(setup, tmp_path):
+    path = _copy_data(setup, tmp_path) / "test.tsv"
+    path.write_text("aspirin\tB-Gene\n\n" + path.read_text())
+    _refused(setup, tmp_path, match=r"error: .*test\.tsv:1: label 'B-Gene' does not occur in train")
+
+
+def test_model_folder_without_tokenizer_is_refused(setup, tmp_path):
+    _copy_data(setup, tmp_path)
+    model = shutil.copytree(setup[2], tmp_path / "model")
+    (model / "tokenizer.json").unlink()
+    _refused(setup, tmp_path, model=model, match=r"error: .*model: no tokenizer")
+
+
+@pytest.mark.parametrize("layout", [("latest",), ("global_step10/mp_rank_00_model_states.pt",),
+                                    ("step_00000200/zero_pp_rank_0_mp_rank_00_model_states.pt",),
+                                    ("run_state.json",)])
+def test_deepspeed_checkpoint_is_refused_with_the_export_command(setup, tmp_path, layout):
+    _copy_data(setup, tmp_path)
+    ckpt = tmp_path / "ckpt"
+    for name in layout:
+        (ckpt / name).parent.mkdir(parents=True, exist_ok=True)
+        (ckpt / name).write_text("")
+    _refused(setup, tmp_path, model=ckpt, match=r"error: .*DeepSpeed checkpoint.*python engine/export_hf\.py")
+
+
+def test_unknown_option_is_refused(setup, tmp_path):
+    _copy_data(setup, tmp_path)
+    _refused(setup, tmp_path, "--finetune.learning_rate=1", match=r"error: unknown config key finetune\.learning_rate")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when no GPU is present")
+def test_cuda_requested_without_a_gpu_is_refused(setup, tmp_path):
+    _copy_data(setup, tmp_path)
+    _refused(setup, tmp_path, "--device", "cuda", match=r"error: --device cuda was asked for but no CUDA device")
