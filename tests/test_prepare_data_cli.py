@@ -1,0 +1,87 @@
+"""`engine/prepare_data.py`: summary on success, documented options, one-line errors without output."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.corpus.demo import write_demo_corpus
+from engine.shards import PackedShards
+
+SCRIPT = Path(__file__).resolve().parents[1] / "engine" / "prepare_data.py"
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_demo_corpus(tmp_path_factory.mktemp("corpus") / "demo", num_docs=120)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, pattern: str) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def test_builds_shards_and_prints_summary(corpus, tmp_path):
+    result = run("--corpus", corpus, "--out", tmp_path / "out", "--vocab-size", 500,
+                 "--seq-len", 64, 128, "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "documents 120" in result.stdout and "packing efficiency" in result.stdout
+    assert re.search(r"seq 64 train: [\d,]+ sequences", result.stdout)
+    assert len(PackedShards(tmp_path / "out", "train", 128)) > 0
+
+
+def test_help_documents_every_option():
+    result = run("--help")
+    assert result.returncode == 0
+    for option in ("--corpus", "--format", "--out", "--vocab", "--vocab-size", "--min-frequency", "--seq-len",
+                   "--valid-fraction", "--cased", "--pack-buffer", "--workers", "--batch-documents",
+                   "--overwrite", "--quiet"):
+        assert option in result.stdout
+
+
+def test_missing_corpus_fails_without_output(tmp_path):
+    result = run("--corpus", tmp_path / "nowhere", "--out", tmp_path / "out", "--vocab-size", 500)
+    assert_one_line_error(result, "corpus not found")
+    assert not (tmp_path / "out").exists()
+
+
+def test_malformed_jsonl_line_fails_naming_file_and_line_without_output(tmp_path):
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text(json.dumps({"text": "fine words " * 30}) + "\n{broken\n", encoding="utf-8")
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "fine", "words"]) + "\n")
+    result = run("--corpus", corpus, "--out", tmp_path / "out", "--vocab", vocab, "--quiet")
+    assert_one_line_error(result, r"docs\.jsonl:2: malformed JSON line")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl", "vocab.txt"]
+
+
+def test_vocab_without_special_tokens_fails(corpus, tmp_path):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("[PAD]\n[UNK]\nhello\n", encoding="utf-8")
+    result = run("--corpus", corpus, "--out", tmp_path / "out", "--vocab", vocab)
+    assert_one_line_error(result, r"vocab\.txt: missing special token\(s\) \[CLS\], \[SEP\], \[MASK\]")
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_holding_different_shards_fails_and_keeps_them(corpus, tmp_path):
+    assert run("--corpus", corpus, "--out", tmp_path / "out", "--vocab-size", 500, "--quiet").returncode == 0
+    manifest = (tmp_path / "out" / "manifest.json").read_bytes()
+    result = run("--corpus", corpus, "--out", tmp_path / "out", "--vocab-size", 500, "--seq-len", 64, "--quiet")
+    assert_one_line_error(result, "already holds different shards")
+    assert (tmp_path / "out" / "manifest.json").read_bytes() == manifest
+
+
+def test_bad_option_value_fails_naming_the_option(corpus, tmp_path):
+    result = run("--corpus", corpus, "--out", tmp_path / "out", "--vocab-size", 500, "--valid-fraction", 1.5)
+    assert_one_line_error(result, "valid_fraction")
+    assert not (tmp_path / "out").exists()
