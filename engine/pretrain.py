@@ -1,0 +1,58 @@
+"""Pre-train a BERT with DeepSpeed on packed shards, following a masking curriculum.
+
+    # one process (CPU or one GPU)
+    python engine/pretrain.py --config configs/tiny_demo.toml
+    # DeepSpeed launcher: 2 ranks (CPU accelerator + gloo when there is no GPU) or 8 GPUs
+    deepspeed --num_gpus 2 engine/pretrain.py --config configs/tiny_demo.toml
+    deepspeed --num_gpus 8 engine/pretrain.py --config configs/bert_base.toml --deepspeed.config=ds_configs/zero2_bf16.json
+    # torchrun
+    torchrun --nproc_per_node 2 engine/pretrain.py --config configs/tiny_demo.toml
+    # override any field; continue from the newest complete checkpoint
+    python engine/pretrain.py --config configs/tiny_demo.toml --optim.lr=5e-4 --resume auto
+
+Bad input (unknown key, shards that do not fit the model, a checkpoint of another model shape, a
+ZeRO config that does not fit the world size) stops with one `error:` line before anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from engine.config import ConfigError, load_config
+
+
+def parse_args(argv: list[str] | None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="run config (.toml or .json); see configs/")
+    parser.add_argument("--resume", default=None,
+                        help="'auto' = newest complete checkpoint of this run (fresh start if none), "
+                             "or a checkpoint path")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    return parser.parse_known_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = parse_args(argv)
+    from engine.bert.hf_io import HFFolderError
+    from engine.shards import ShardError
+    from engine.training.checkpoints import CheckpointError
+    from engine.training.config import PretrainConfig
+    from engine.training.loop import train
+    from engine.training.setup import dist_from_env, init_distributed, prepare_run
+
+    try:
+        config = load_config(PretrainConfig, args.config, overrides)
+        dist = dist_from_env()
+        plan = prepare_run(config, dist, args.resume)
+        init_distributed(dist)
+    except (ConfigError, CheckpointError, ShardError, HFFolderError) as exc:
+        sys.exit(f"error: {exc}")
+    try:
+        train(plan)
+    finally:
+        plan.stream.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

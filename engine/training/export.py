@@ -1,0 +1,72 @@
+"""A training checkpoint (any ZeRO stage) → a Hugging Face BERT folder.
+
+ZeRO 1-3 checkpoints hold the fp32 master weights in per-rank optimizer shards; DeepSpeed's
+`get_fp32_state_dict_from_zero_checkpoint` reassembles them (stage 3 included). A stage-0 checkpoint
+holds the full module in `mp_rank_00_model_states.pt`, read with `weights_only=True`. The model config
+and the shard folder (for the tokenizer) come from the checkpoint's `run_state.json`.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import torch
+
+from engine.bert.config import BertConfig
+from engine.training.checkpoints import CheckpointError, read_run_state, resolve_checkpoint
+
+MODEL_STATES = "mp_rank_00_model_states.pt"
+
+
+def _has_zero_shards(tag_dir: Path) -> bool:
+    return any(p.name.endswith("optim_states.pt") for p in tag_dir.iterdir())
+
+
+def fp32_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
+    """Full fp32 weights of a checkpoint tag folder, whatever its ZeRO stage."""
+    if _has_zero_shards(tag_dir):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints a line per shard
+            return dict(get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name))
+    path = tag_dir / MODEL_STATES
+    if not path.is_file():
+        raise CheckpointError(f"{tag_dir}: neither ZeRO shards nor {MODEL_STATES}")
+    states = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v.float() for k, v in states["module"].items()}
+
+
+def load_checkpoint_model(checkpoint: Path):
+    """(model, model config, run state) of a complete checkpoint, weights in fp32 on the CPU."""
+    from engine.bert.modeling import BertForMaskedLM
+
+    tag_dir = resolve_checkpoint(Path(checkpoint))
+    state = read_run_state(tag_dir)
+    config = BertConfig(**state["model"])
+    model = BertForMaskedLM(config)
+    weights = fp32_state_dict(tag_dir)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights) - {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"})
+    if missing:
+        raise CheckpointError(f"{tag_dir}: checkpoint lacks weights {missing[:5]}")
+    for name, tensor in weights.items():
+        if name in expected and tuple(tensor.shape) != tuple(expected[name].shape):
+            raise CheckpointError(f"{tag_dir}: {name} has shape {tuple(tensor.shape)}, "
+                                  f"the saved model config implies {tuple(expected[name].shape)}")
+    model.load_state_dict({k: v for k, v in weights.items() if k in expected}, strict=False)
+    model.tie_weights()
+    return model.eval(), config, state, tag_dir
+
+
+def export_checkpoint(checkpoint: Path, out: Path, tokenizer_dir: Path | None = None, overwrite: bool = False) -> Path:
+    """Write `out` as a HF folder (safetensors + config + tokenizer); all or nothing."""
+    from engine.bert.hf_io import save_hf_folder
+
+    model, config, state, tag_dir = load_checkpoint_model(checkpoint)
+    if tokenizer_dir is None:
+        tokenizer_dir = Path(state["config"]["data"]["shards"])
+    if not (Path(tokenizer_dir) / "tokenizer.json").is_file() and not (Path(tokenizer_dir) / "vocab.txt").is_file():
+        raise CheckpointError(f"{tag_dir}: no tokenizer in {tokenizer_dir} (the run's shard folder); "
+                              f"pass --tokenizer DIR")
+    return save_hf_folder(model, out, tokenizer_dir=tokenizer_dir, true_vocab_size=config.vocab_size,
+                          overwrite=overwrite)

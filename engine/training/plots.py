@@ -1,0 +1,47 @@
+"""Loss and throughput curves from a run's metrics.jsonl, drawn to one PNG."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.training.metrics import read_metrics
+
+
+class PlotError(ValueError):
+    """A metrics file with nothing to plot."""
+
+
+def plot_metrics(jsonl: Path, out: Path) -> Path:
+    """Two panels: train/validation loss and non-pad tokens/s against the optimizer step."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not Path(jsonl).is_file():
+        raise PlotError(f"metrics file not found: {jsonl}")
+    records = read_metrics(jsonl)
+    train = [r for r in records if r.get("kind") == "train"]
+    valid = [r for r in records if r.get("kind") == "valid"]
+    if not train:
+        raise PlotError(f"{jsonl}: no 'train' records to plot")
+    fig, (ax_loss, ax_speed) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train MLM loss")
+    if valid:
+        ax_loss.plot([r["step"] for r in valid], [r["loss"] for r in valid], "o-", label="validation MLM loss")
+    for record in records:
+        if record.get("kind") == "phase":
+            for ax in (ax_loss, ax_speed):
+                ax.axvline(record["step"], color="grey", linestyle=":", linewidth=1)
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend()
+    speed = [r for r in train if "tokens_per_s" in r]
+    ax_speed.plot([r["step"] for r in speed], [r["tokens_per_s"] for r in speed], color="tab:green")
+    ax_speed.set_ylabel("non-pad tokens/s")
+    ax_speed.set_xlabel("optimizer step")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out)
+    return out

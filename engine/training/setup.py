@@ -1,0 +1,198 @@
+"""Everything decided before step 1: processes, the model, the data stream, the DeepSpeed dict.
+
+`prepare_run` checks the whole run (config, shards vs model, checkpoint vs model, ZeRO vs world
+size) and raises `ConfigError`/`CheckpointError` before any file is written, so a bad input costs
+nothing and leaves nothing behind.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.bert.config import BertConfig, preset
+from engine.config import ConfigError, to_dict
+from engine.training import checkpoints
+from engine.training.config import PretrainConfig
+from engine.training.ds_config import complete_ds_config, read_ds_config
+from engine.training.evaluation import ValidationSet
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process sits in the job."""
+
+    rank: int  # global rank
+    world_size: int  # data-parallel ranks
+    local_rank: int  # rank on this node (selects the GPU)
+    device: torch.device  # cuda:<local_rank> or cpu
+
+
+@dataclass
+class RunPlan:
+    """The checked pieces of a run, built by `prepare_run`."""
+
+    config: PretrainConfig
+    dist: Dist
+    model_config: BertConfig
+    model: torch.nn.Module  # initial weights (fresh, or from model.init_from)
+    stream: object  # engine.curriculum.TrainingStream for this rank
+    ds_config: dict  # completed DeepSpeed dict
+    resume_from: Path | None  # complete checkpoint tag folder to load, if resuming
+    resume_state: dict | None  # its run_state.json
+    validation: object | None  # engine.training.evaluation.ValidationSet, None when eval.interval = 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def dist_from_env() -> Dist:
+    """Rank and world size as the launcher (deepspeed, torchrun, srun wrapper) set them; one process
+    when unset. Read before joining the process group, so config errors surface before any rendezvous."""
+    rank = int(os.environ.get("RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    return Dist(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def init_distributed(dist: Dist) -> None:
+    """Join the process group of `dist` (gloo on the CPU accelerator, NCCL on CUDA)."""
+    import deepspeed
+
+    if "MASTER_ADDR" not in os.environ:
+        os.environ.update(RANK=str(dist.rank), LOCAL_RANK=str(dist.local_rank), WORLD_SIZE=str(dist.world_size),
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+    if dist.device.type == "cuda":
+        torch.cuda.set_device(dist.device)
+    deepspeed.init_distributed(dist_backend=None if dist.device.type == "cuda" else "gloo",
+                               auto_mpi_discovery=False, verbose=False)
+    if torch.distributed.get_world_size() != dist.world_size:
+        raise ConfigError(f"the process group has {torch.distributed.get_world_size()} ranks but WORLD_SIZE "
+                          f"says {dist.world_size}")
+
+
+def model_config_for(config: PretrainConfig) -> BertConfig:
+    """The architecture: an HF folder's config.json (init_from) or a preset, plus overrides."""
+    section = config.model
+    if section.init_from is not None:
+        import json
+        from engine.bert.config import from_hf_config
+        path = Path(section.init_from) / "config.json"
+        if not path.is_file():
+            raise ConfigError(f"model.init_from: no config.json in {section.init_from}")
+        return from_hf_config(json.loads(path.read_text(encoding="utf-8")), **section.overrides)
+    return preset(section.preset, **section.overrides)
+
+
+def build_model(config: PretrainConfig, model_config: BertConfig):
+    """Fresh weights (seeded identically on every rank) or the weights of an HF folder."""
+    from engine.bert.hf_io import load_hf_folder
+    from engine.bert.modeling import BertForMaskedLM
+
+    torch.manual_seed(config.seed)
+    if config.model.init_from is not None:
+        model, _ = load_hf_folder(config.model.init_from, **config.model.overrides)
+        return model
+    return BertForMaskedLM(model_config)
+
+
+def seed_rank_rngs(seed: int, rank: int) -> None:
+    """Per-rank RNG streams (dropout) for a fresh run; a resumed run restores the saved ones."""
+    random.seed(seed + rank)
+    np.random.seed((seed + rank) % 2**32)
+    torch.manual_seed(seed + 7919 * (rank + 1))
+
+
+def check_shards_fit_model(model_config: BertConfig, stream) -> None:
+    """Token ids and positions of the shards must be ones the model has rows for."""
+    for seq_len, shards in sorted(stream.shard_sets.items()):
+        where = getattr(shards, "root", "data.shards")
+        if shards.vocab_size != model_config.vocab_size:
+            raise ConfigError(f"{where}: shards have a vocabulary of {shards.vocab_size} but the model has "
+                              f"model.vocab_size={model_config.vocab_size}")
+        if seq_len > model_config.max_position_embeddings:
+            raise ConfigError(f"{where}: shards of seq_len {seq_len} exceed the model's "
+                              f"max_position_embeddings={model_config.max_position_embeddings}")
+
+
+def check_checkpoint_fits(tag_dir: Path, state: dict, model_config: BertConfig) -> None:
+    """A checkpoint of another architecture fails here, naming the first differing fields."""
+    saved = state.get("model", {})
+    current = dataclasses.asdict(model_config)
+    shape_fields = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                    "max_position_embeddings", "type_vocab_size", "pad_vocab_to_multiple")
+    differ = [f"{k} {saved.get(k)} vs {current[k]}" for k in shape_fields if saved.get(k) != current[k]]
+    if differ:
+        raise checkpoints.CheckpointError(f"{tag_dir}: checkpoint is from a different model shape "
+                                          f"(checkpoint vs run: {', '.join(differ)})")
+
+
+def find_resume(config: PretrainConfig, resume: str | None) -> Path | None:
+    """The tag folder to resume from: None (fresh), 'auto' (newest complete, if any), or a path."""
+    ckpt_dir = config.checkpoint_dir
+    if resume in (None, "", "none"):
+        if checkpoints.latest_complete(ckpt_dir) is not None:
+            raise ConfigError(f"{ckpt_dir} already holds checkpoints; pass --resume auto to continue that run "
+                              f"or choose another out_dir/checkpoint.dir")
+        return None
+    if resume == "auto":
+        return checkpoints.latest_complete(ckpt_dir)
+    return checkpoints.resolve_checkpoint(Path(resume))
+
+
+def prepare_run(config: PretrainConfig, dist: Dist, resume: str | None) -> RunPlan:
+    """Check everything and build the stream; raises before anything is written."""
+    from engine.curriculum.stream import open_training_stream
+
+    model_config = model_config_for(config)
+    if not Path(config.data.shards).is_dir():
+        raise ConfigError(f"data.shards: no shard folder at {config.data.shards}")
+    stream = open_training_stream(
+        config.data.shards, config.curriculum, total_steps=config.steps, seed=config.seed, rank=dist.rank,
+        world_size=dist.world_size, micro_batch_size=config.batch.micro, grad_accum=config.batch.grad_accum,
+        default_seq_len=config.seq_len, prefetch=config.data.prefetch)
+    check_shards_fit_model(model_config, stream)
+    raw = read_ds_config(config.deepspeed.config)
+    ds = complete_ds_config(raw, config.deepspeed, config.batch, config.optim, dist.world_size,
+                            on_cuda=dist.device.type == "cuda")
+    resume_from = find_resume(config, resume)
+    resume_state = None
+    if resume_from is not None:
+        resume_state = checkpoints.read_run_state(resume_from)
+        check_checkpoint_fits(resume_from, resume_state, model_config)
+        try:
+            stream.load_state_dict(resume_state["data"])
+        except (KeyError, ValueError) as exc:
+            raise checkpoints.CheckpointError(f"{resume_from}: data position does not fit this run: {exc}") from None
+    validation = ValidationSet.open(config, stream, dist) if config.eval.interval else None
+    model = build_model(config, model_config)
+    return RunPlan(config=config, dist=dist, model_config=model_config, model=model, stream=stream, ds_config=ds,
+                   resume_from=resume_from, resume_state=resume_state, validation=validation)
+
+
+def describe_run(plan: RunPlan) -> dict:
+    """The resolved config plus the derived numbers, printed at start and stored in checkpoints."""
+    cfg, dist = plan.config, plan.dist
+    phases = plan.stream.curriculum.phases
+    derived = {
+        "world_size": dist.world_size,
+        "global_batch": cfg.batch.micro * cfg.batch.grad_accum * dist.world_size,
+        "total_steps": plan.stream.total_steps,
+        "tokens_per_step_nominal": [p.micro_batch_size * cfg.batch.grad_accum * dist.world_size * p.seq_len
+                                    for p in phases],
+        "phases": [p.describe() for p in phases],
+        "device": str(dist.device),
+    }
+    assert derived["global_batch"] == plan.ds_config["train_batch_size"], "global batch disagrees with DeepSpeed"
+    return {"config": to_dict(cfg), "derived": derived, "model": dataclasses.asdict(plan.model_config),
+            "deepspeed": plan.ds_config}

@@ -1,0 +1,117 @@
+"""`engine/pretrain.py` before step 1: bad input stops with one `error:` line and writes nothing;
+a HF folder can be the starting point."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.bert.config import preset
+from engine.bert.hf_io import save_hf_folder
+from engine.bert.modeling import BertForMaskedLM
+from engine.config import load_config
+from engine.corpus.demo import demo_documents
+from engine.pretrain import main
+from engine.shards import ShardOptions, build_shards, train_vocab
+from engine.training.config import PretrainConfig
+from engine.training.setup import Dist, prepare_run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pretrain_setup") / "shards"
+    docs = demo_documents(200, seed=1)
+    build_shards([(f"d{i}", d) for i, d in enumerate(docs)], root, train_vocab(docs, 1024),
+                 ShardOptions(seq_lens=[64], valid_fraction=0.05))
+    return root
+
+
+@pytest.fixture(autouse=True)
+def one_process(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+
+
+def args(shards: Path, out_dir: Path, *extra: str) -> list[str]:
+    return ["--config", str(ROOT / "configs/tiny_demo.toml"), f"--data.shards={shards}", "--seq_len=64",
+            "--steps=4", f"--out_dir={out_dir}", *extra]
+
+
+def fails_cleanly(argv: list[str], out_dir: Path) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    message = str(exc.value.code)
+    assert message.startswith("error: ") and "\n" not in message
+    assert not out_dir.exists(), "a failed start must not write anything"
+    return message
+
+
+def test_unknown_config_key_is_named(shards, tmp_path):
+    out = tmp_path / "run"
+    assert "unknown config key optim.lrr" in fails_cleanly(args(shards, out, "--optim.lrr=1"), out)
+
+
+def test_shards_with_another_vocabulary_size_are_refused(shards, tmp_path):
+    out = tmp_path / "run"
+    message = fails_cleanly(args(shards, out, '--model.overrides={"vocab_size": 2048}'), out)
+    assert "vocabulary of 1024" in message and "vocab_size=2048" in message
+
+
+def test_shards_longer_than_the_position_table_are_refused(shards, tmp_path):
+    out = tmp_path / "run"
+    message = fails_cleanly(args(shards, out, '--model.overrides={"max_position_embeddings": 32}'), out)
+    assert "seq_len 64" in message and "max_position_embeddings=32" in message
+
+
+def test_missing_shard_folder_is_named(tmp_path):
+    out = tmp_path / "run"
+    assert "no shard folder at" in fails_cleanly(args(tmp_path / "nope", out), out)
+
+
+def test_zero_config_that_does_not_fit_the_world_size_is_refused(shards, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    out = tmp_path / "run"
+    message = fails_cleanly(args(shards, out, "--batch.micro=8", "--batch.global_batch=8"), out)
+    assert "batch.global_batch=8" in message and "2 ranks = 16" in message
+
+
+@pytest.mark.slow
+def test_checkpoint_of_another_model_shape_is_refused(shards, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(key, None)
+    made = subprocess.run([sys.executable, "engine/pretrain.py", *args(shards, out, "--eval.interval=0",
+                           "--logging.progress_bar=false")], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr[-2000:]
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(SystemExit) as exc:
+        main(args(shards, out, '--model.overrides={"hidden_size": 32}', "--resume", "auto"))
+    assert "different model shape" in str(exc.value.code) and "hidden_size 64 vs 32" in str(exc.value.code)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+def test_run_starts_from_the_weights_of_a_hf_folder(shards, tmp_path):
+    torch.manual_seed(5)
+    source = BertForMaskedLM(preset("tiny", vocab_size=1024))
+    folder = save_hf_folder(source, tmp_path / "hf", tokenizer_dir=shards)
+    config = load_config(PretrainConfig, ROOT / "configs/tiny_demo.toml",
+                         [f"--data.shards={shards}", "--seq_len=64", "--steps=4", f"--out_dir={tmp_path / 'run'}",
+                          f"--model.init_from={folder}"])
+    plan = prepare_run(config, Dist(0, 1, 0, torch.device("cpu")), resume=None)
+    plan.stream.close()
+    theirs = source.state_dict()
+    assert all(torch.equal(tensor, theirs[name]) for name, tensor in plan.model.state_dict().items())
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_example_run_configs_parse(path):
+    config = load_config(PretrainConfig, path)
+    assert config.steps and config.deepspeed.config.is_file()
