@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/python -m engine.demo --out runs/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -rs tests
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" tests
