@@ -1,0 +1,120 @@
+"""Vocabulary alignment: which new-vocabulary rows copy a teacher row, which need an init.
+
+Special tokens are matched by role ([CLS] ↔ [CLS] whatever their ids: PubMed [CLS]=2 takes BERT's
+[CLS]=101), every other token by its exact string. The new tokenizer is a plain BERT WordPiece
+tokenizer over the new vocabulary, saved as `tokenizer.json` so that `AutoTokenizer` loads it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.distill.errors import DistillError
+
+SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
+
+
+def read_vocab(path: str | Path) -> list[str]:
+    """Tokens in id order from a `vocab.txt`, or from a tokenizer folder (vocab.txt or tokenizer.json)."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "vocab.txt").is_file():
+            path = path / "vocab.txt"
+        elif (path / "tokenizer.json").is_file():
+            return _vocab_from_tokenizer_json(path / "tokenizer.json")
+        else:
+            raise DistillError(f"{path}: no vocab.txt or tokenizer.json in this tokenizer folder")
+    if not path.is_file():
+        raise DistillError(f"vocabulary not found: {path}")
+    try:
+        tokens = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as exc:
+        raise DistillError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if tokens and tokens[-1] == "":
+        tokens.pop()
+    tokens = [t.rstrip("\r") for t in tokens]
+    seen: dict[str, int] = {}
+    for line, token in enumerate(tokens, start=1):
+        if not token.strip():
+            raise DistillError(f"{path}:{line}: empty vocabulary entry")
+        if token in seen:
+            raise DistillError(f"{path}:{line}: duplicate vocabulary entry {token!r} (first on line {seen[token]})")
+        seen[token] = line
+    if not tokens:
+        raise DistillError(f"{path}: vocabulary is empty")
+    return tokens
+
+
+def _vocab_from_tokenizer_json(path: Path) -> list[str]:
+    try:
+        model = json.loads(path.read_text(encoding="utf-8"))["model"]
+    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as exc:
+        raise DistillError(f"{path}: cannot read tokenizer.json ({exc})") from None
+    if model.get("type") != "WordPiece":
+        raise DistillError(f"{path}: tokenizer model is {model.get('type')!r}, only WordPiece is supported")
+    vocab = model["vocab"]
+    tokens = [""] * len(vocab)
+    for token, idx in vocab.items():
+        tokens[idx] = token
+    return tokens
+
+
+def special_ids(tokens: list[str], where: str | Path) -> dict[str, int]:
+    """Role → id for [PAD] [UNK] [CLS] [SEP] [MASK]; a missing one is an error naming the file."""
+    index = {t: i for i, t in enumerate(tokens)}
+    missing = [tok for tok in SPECIAL_TOKENS.values() if tok not in index]
+    if missing:
+        raise DistillError(f"{where}: vocabulary lacks special token(s) {', '.join(missing)}")
+    return {role: index[tok] for role, tok in SPECIAL_TOKENS.items()}
+
+
+def is_uncased(tokens: list[str]) -> bool:
+    """True when no ordinary token holds an upper-case letter (then text is lower-cased first)."""
+    specials = set(SPECIAL_TOKENS.values())
+    return not any(t != t.lower() for t in tokens if t not in specials and not (t.startswith("[") and t.endswith("]")))
+
+
+@dataclass
+class Alignment:
+    """How each new-vocabulary row is filled: copied from an old row, or initialised."""
+
+    shared_new: np.ndarray  # int64 new ids whose row is copied (specials by role, others by string)
+    shared_old: np.ndarray  # int64 old ids they copy, same order
+    new_ids: np.ndarray  # int64 new ids with no teacher row: these get the method's init
+    dropped: int  # old tokens that the new vocabulary does not have (their rows are left behind)
+
+    def counts(self) -> dict[str, int]:
+        return {"shared": int(len(self.shared_new)), "new": int(len(self.new_ids)), "dropped": int(self.dropped)}
+
+
+def align(old_tokens: list[str], new_tokens: list[str], old_where: str | Path, new_where: str | Path) -> Alignment:
+    """Pair new ids with old ids: special tokens by role, every other token by identical string."""
+    old_special = special_ids(old_tokens, old_where)
+    new_special = special_ids(new_tokens, new_where)
+    old_index = {t: i for i, t in enumerate(old_tokens)}
+    pairs = {new_special[role]: old_special[role] for role in SPECIAL_TOKENS}
+    for new_id, token in enumerate(new_tokens):
+        if new_id not in pairs and token in old_index:
+            pairs[new_id] = old_index[token]
+    shared_new = np.array(sorted(pairs), dtype=np.int64)
+    shared_old = np.array([pairs[i] for i in shared_new], dtype=np.int64)
+    new_ids = np.array([i for i in range(len(new_tokens)) if i not in pairs], dtype=np.int64)
+    dropped = len(old_tokens) - len(set(shared_old.tolist()))
+    return Alignment(shared_new=shared_new, shared_old=shared_old, new_ids=new_ids, dropped=dropped)
+
+
+def make_tokenizer(tokens: list[str], lowercase: bool):
+    """A transformers BERT WordPiece tokenizer (fast, has `tokenizer.json`) over `tokens`."""
+    from transformers import BertTokenizer
+
+    return BertTokenizer(vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=lowercase,
+                         model_max_length=512)
+
+
+def save_tokenizer(tokenizer, tokens: list[str], folder: Path) -> None:
+    """Write tokenizer.json + tokenizer_config.json + vocab.txt (the engine's shards read vocab.txt)."""
+    tokenizer.save_pretrained(str(folder))
+    (folder / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
