@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab-size", type=int, default=4000, help="domain WordPiece vocabulary size")
     parser.add_argument("--steps", type=int, default=160, help="pre-training steps over the 4 phases")
     parser.add_argument("--method", default="fvt", help="distillation-init method (docs/distill_init.md recommends one)")
-    parser.add_argument("--ner-epochs", type=int, default=2, help="NER fine-tuning epochs")
+    parser.add_argument("--ner-epochs", type=int, default=6, help="NER fine-tuning epochs")
     parser.add_argument("--ranks", type=int, default=1,
                         help="1 = python engine/pretrain.py; >1 = deepspeed --num_gpus N (CPU ranks on gloo)")
     args = parser.parse_args(argv)
@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         "--vocab-size", str(args.vocab_size), "--seq-len", "128", "--valid-fraction", "0.05"], timings)
     run_stage("distillation init", [
         py, "engine/distill_init.py", "--teacher", str(teacher_folder()), "--vocab", str(out / "shards"),
-        "--corpus", str(corpus), "--out", str(out / "init"), "--method", args.method], timings)
+        "--corpus", str(corpus), "--out", str(out / "init"), "--method", args.method,
+        # a shorter teacher MLM-head fit than the default keeps the demo in minutes on 2 cores
+        "--distill.head_steps=40", "--distill.head_windows=128"], timings)
     launcher = [py] if args.ranks == 1 else ["deepspeed", "--num_gpus", str(args.ranks)]
     run_stage("curriculum pre-training", [
         *launcher, "engine/pretrain.py", "--config", "configs/demo.toml",
