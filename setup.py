@@ -20,7 +20,6 @@ setup(
         "numpy>=1.26,<3",
         "safetensors>=0.4",
         "seqeval==1.2.2",
-        "pyahocorasick==2.3.1",
         "tqdm>=4.66",
         "psutil>=5.9",
         "tensorboard>=2.15",
