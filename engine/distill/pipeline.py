@@ -195,7 +195,7 @@ def run(config: DistillConfig, log=print) -> dict:
     model = students.build_student(teacher, alignment, embeddings, new_special["pad"], config.seed,
                                    new_rows_bias(config, teacher, new_tokens, alignment, tokenizer))
     students.save_student(model, model_dir)
-    vocabs.save_tokenizer(tokenizer, new_tokens, model_dir)
+    vocabs.save_tokenizer(tokenizer, lowercase, model_dir)
     lap("save")
 
     report = {

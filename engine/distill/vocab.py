@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.distill.errors import DistillError
-
-SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
-
+from engine.shards.vocab import MODEL_MAX_LENGTH, SPECIAL_TOKENS, VocabError, build_tokenizer
+from engine.shards.vocab import save_tokenizer as save_shard_tokenizer
 
 def read_vocab(path: str | Path) -> list[str]:
     """Tokens in id order from a `vocab.txt`, or from a tokenizer folder (vocab.txt or tokenizer.json)."""
@@ -107,14 +106,21 @@ def align(old_tokens: list[str], new_tokens: list[str], old_where: str | Path, n
 
 
 def make_tokenizer(tokens: list[str], lowercase: bool):
-    """A transformers BERT WordPiece tokenizer (fast, has `tokenizer.json`) over `tokens`."""
-    from transformers import BertTokenizer
+    """A transformers fast tokenizer over `tokens`, built exactly as the shards build theirs.
 
-    return BertTokenizer(vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=lowercase,
-                         model_max_length=512)
+    Same normaliser (NFKC + BERT's), pre-tokeniser and post-processor as `engine.shards.vocab`, so a
+    folder written here tokenises text into the same ids as shards made with this vocabulary.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    try:
+        backend = build_tokenizer(tokens, lowercase, source="new vocabulary")
+    except VocabError as exc:
+        raise DistillError(str(exc)) from None
+    return PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=MODEL_MAX_LENGTH,
+                                   **{f"{role}_token": token for role, token in SPECIAL_TOKENS.items()})
 
 
-def save_tokenizer(tokenizer, tokens: list[str], folder: Path) -> None:
-    """Write tokenizer.json + tokenizer_config.json + vocab.txt (the engine's shards read vocab.txt)."""
-    tokenizer.save_pretrained(str(folder))
-    (folder / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
+def save_tokenizer(tokenizer, lowercase: bool, folder: Path) -> None:
+    """Write the tokenizer files the way the shard folder has them (`engine.shards.vocab.save_tokenizer`)."""
+    save_shard_tokenizer(tokenizer.backend_tokenizer, folder, lowercase)
