@@ -115,3 +115,42 @@ def test_run_starts_from_the_weights_of_a_hf_folder(shards, tmp_path):
 def test_example_run_configs_parse(path):
     config = load_config(PretrainConfig, path)
     assert config.steps and config.deepspeed.config.is_file()
+
+
+def _losses(out_dir: Path) -> dict[int, float]:
+    import json
+    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if r["kind"] == "train"}
+
+
+@pytest.mark.slow
+def test_compiled_layers_train_like_eager_ones(shards, tmp_path):
+    """model.compile changes speed, not the maths: same losses (dropout off: its RNG differs) and the
+    same parameter names, so checkpoints and exports do not care."""
+    no_dropout = '--model.overrides={"hidden_dropout": 0.0, "attention_dropout": 0.0}'
+    main(args(shards, tmp_path / "eager", no_dropout, "--logging.interval=1"))
+    main(args(shards, tmp_path / "compiled", no_dropout, "--logging.interval=1", "--model.compile=true"))
+    eager, compiled = _losses(tmp_path / "eager"), _losses(tmp_path / "compiled")
+    assert sorted(eager) == sorted(compiled) == [1, 2, 3, 4]
+    assert all(abs(eager[s] - compiled[s]) < 1e-4 for s in eager), (eager, compiled)
+    assert eager[1] != eager[4]  # the steps did train
+
+
+def test_compile_with_zero3_is_refused(shards, tmp_path):
+    message = fails_cleanly(args(shards, tmp_path / "out", "--model.compile=true", "--deepspeed.zero_stage=3"),
+                            tmp_path / "out")
+    assert "model.compile" in message and "ZeRO stage 3" in message
+
+
+def test_compile_wraps_every_layer_and_keeps_parameter_names(shards, tmp_path):
+    def plan_for(*extra):
+        config = load_config(PretrainConfig, ROOT / "configs/tiny_demo.toml",
+                             [f"--data.shards={shards}", "--seq_len=64", "--steps=4", f"--out_dir={tmp_path}", *extra])
+        plan = prepare_run(config, Dist(0, 1, 0, torch.device("cpu")), resume=None)
+        plan.stream.close()
+        return plan.model
+
+    eager, compiled = plan_for(), plan_for("--model.compile=true")
+    assert all(layer._compiled_call_impl is not None for layer in compiled.bert.encoder.layer)
+    assert all(layer._compiled_call_impl is None for layer in eager.bert.encoder.layer)
+    assert list(compiled.state_dict()) == list(eager.state_dict())

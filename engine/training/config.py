@@ -23,6 +23,7 @@ class ModelSection:
     preset: str = "tiny"  # engine.bert preset name (tiny, minilm-l6-h384, bert-base, bert-large)
     overrides: dict[str, Any] = field(default_factory=dict)  # BertConfig fields replacing the preset's
     init_from: Path | None = None  # HF BERT folder to start from (its config replaces the preset)
+    compile: bool = False  # torch.compile each transformer layer in place (fuses the elementwise ops; GPU speed)
 
 
 @dataclass
