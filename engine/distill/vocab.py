@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.distill.errors import DistillError
-from engine.shards.vocab import MODEL_MAX_LENGTH, SPECIAL_TOKENS, VocabError, build_tokenizer
+from engine.shards.vocab import (MODEL_MAX_LENGTH, SPECIAL_TOKENS, VocabError, build_tokenizer, read_vocab_lines,
+                                 token_ids)
 from engine.shards.vocab import save_tokenizer as save_shard_tokenizer
 
 def read_vocab(path: str | Path) -> list[str]:
@@ -26,22 +27,11 @@ def read_vocab(path: str | Path) -> list[str]:
             return _vocab_from_tokenizer_json(path / "tokenizer.json")
         else:
             raise DistillError(f"{path}: no vocab.txt or tokenizer.json in this tokenizer folder")
-    if not path.is_file():
-        raise DistillError(f"vocabulary not found: {path}")
     try:
-        tokens = path.read_text(encoding="utf-8").split("\n")
-    except UnicodeDecodeError as exc:
-        raise DistillError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    if tokens and tokens[-1] == "":
-        tokens.pop()
-    tokens = [t.rstrip("\r") for t in tokens]
-    seen: dict[str, int] = {}
-    for line, token in enumerate(tokens, start=1):
-        if not token.strip():
-            raise DistillError(f"{path}:{line}: empty vocabulary entry")
-        if token in seen:
-            raise DistillError(f"{path}:{line}: duplicate vocabulary entry {token!r} (first on line {seen[token]})")
-        seen[token] = line
+        tokens = read_vocab_lines(path)
+        token_ids(tokens, str(path))
+    except VocabError as exc:
+        raise DistillError(str(exc)) from None
     if not tokens:
         raise DistillError(f"{path}: vocabulary is empty")
     return tokens

@@ -30,13 +30,7 @@ def build_tokenizer(vocab: list[str], lowercase: bool = True, source: str = "voc
     missing = [t for t in SPECIAL_TOKENS.values() if t not in vocab]
     if missing:
         raise VocabError(f"{source}: missing special token(s) {', '.join(missing)}")
-    seen: dict[str, int] = {}
-    for i, token in enumerate(vocab):
-        if not token or token != token.strip():
-            raise VocabError(f"{source}:{i + 1}: empty or space-padded token {token!r}")
-        if token in seen:
-            raise VocabError(f"{source}:{i + 1}: duplicate token {token!r} (first at line {seen[token] + 1})")
-        seen[token] = i
+    seen = token_ids(vocab, source)
     tokenizer = Tokenizer(models.WordPiece(seen, unk_token=SPECIAL_TOKENS["unk"], max_input_chars_per_word=100))
     tokenizer.normalizer = text_normalizer(lowercase)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -48,8 +42,20 @@ def build_tokenizer(vocab: list[str], lowercase: bool = True, source: str = "voc
     return tokenizer
 
 
-def read_vocab_file(path: str | Path, lowercase: bool = True) -> Tokenizer:
-    """Adopt an existing `vocab.txt` (one token per line, line i = id i), e.g. PubMedBERT's."""
+def token_ids(vocab: list[str], source: str) -> dict[str, int]:
+    """token → id, refusing empty, space-padded and duplicate tokens (named by line)."""
+    seen: dict[str, int] = {}
+    for i, token in enumerate(vocab):
+        if not token or token != token.strip():
+            raise VocabError(f"{source}:{i + 1}: empty or space-padded token {token!r}")
+        if token in seen:
+            raise VocabError(f"{source}:{i + 1}: duplicate token {token!r} (first at line {seen[token] + 1})")
+        seen[token] = i
+    return seen
+
+
+def read_vocab_lines(path: str | Path) -> list[str]:
+    """The tokens of a `vocab.txt` (one per line, line i = id i), unchecked."""
     path = Path(path)
     if not path.is_file():
         raise VocabError(f"vocabulary file not found: {path}")
@@ -59,7 +65,12 @@ def read_vocab_file(path: str | Path, lowercase: bool = True) -> Tokenizer:
         raise VocabError(f"{path}: undecodable bytes (not UTF-8) at byte {exc.start}") from None
     if lines and lines[-1] == "":
         lines.pop()
-    return build_tokenizer([line.rstrip("\r") for line in lines], lowercase, source=str(path))
+    return [line.rstrip("\r") for line in lines]
+
+
+def read_vocab_file(path: str | Path, lowercase: bool = True) -> Tokenizer:
+    """Adopt an existing `vocab.txt` (one token per line, line i = id i), e.g. PubMedBERT's."""
+    return build_tokenizer(read_vocab_lines(path), lowercase, source=str(path))
 
 
 def train_vocab(texts: Iterable[str], vocab_size: int, lowercase: bool = True,
