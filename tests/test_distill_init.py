@@ -167,6 +167,47 @@ def test_teacher_mlm_head_bias_and_transform_are_inherited(inputs, tmp_path):
     assert new["cls.predictions.bias"][NEW.index("cisplatin")] == pieces.min()
 
 
+def _masked_loss(folder: Path, sentence_tokens: list[str], target: str) -> float:
+    """Cross-entropy of `target` at its [MASK]ed position in `sentence_tokens` (new vocabulary)."""
+    from transformers import BertForMaskedLM
+
+    model = BertForMaskedLM.from_pretrained(str(folder)).eval()
+    ids = [NEW.index(t) for t in ["[CLS]", *sentence_tokens, "[SEP]"]]
+    at = ids.index(NEW.index(target))
+    ids[at] = NEW.index("[MASK]")
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, at]
+    return float(torch.nn.functional.cross_entropy(logits[None], torch.tensor([NEW.index(target)])))
+
+
+def test_distill_mlm_term_makes_new_tokens_predictable_and_trains_only_their_bias(inputs, tmp_path):
+    """The MSE term alone shapes the rows as inputs; the MLM term also as prediction targets."""
+    _root, _teacher, vocab, corpus = inputs
+    teacher = _write_teacher(tmp_path / "mlm_teacher", with_head=True)
+    outs = {}
+    for weight in (0.0, 1.0):
+        outs[weight] = tmp_path / f"mlm{weight}"
+        run(DistillConfig(teacher=str(teacher), vocab=str(vocab), corpus=str(corpus), out=str(outs[weight]),
+                          method="distill", device="cpu", probes=[], distill_epochs=30, distill_lr=3e-2,
+                          distill_mlm_weight=weight), log=lambda *_: None)
+    sentence = ["cisplatin", "caused", "kidney", "damage", "."]
+    assert _masked_loss(outs[1.0], sentence, "cisplatin") < _masked_loss(outs[0.0], sentence, "cisplatin") - 1.0
+    plain = load_file(str(outs[0.0] / "model.safetensors"))["cls.predictions.bias"]
+    trained = load_file(str(outs[1.0] / "model.safetensors"))["cls.predictions.bias"]
+    changed = {NEW[i] for i in (~torch.isclose(plain, trained)).nonzero().flatten().tolist()}
+    assert "cisplatin" in changed and changed <= {"nephrotoxicity", "cisplatin", "##platin", "β", "zzz"}
+
+
+def test_distill_mlm_term_without_any_head_is_refused(inputs, tmp_path):
+    from engine.distill import DistillError
+
+    _root, teacher, vocab, corpus = inputs  # this teacher has no MLM head
+    with pytest.raises(DistillError, match="needs an MLM head"):
+        run(DistillConfig(teacher=str(teacher), vocab=str(vocab), corpus=str(corpus), out=str(tmp_path / "o"),
+                          method="distill", device="cpu", fit_head="no", distill_mlm_weight=1.0), log=lambda *_: None)
+    assert not (tmp_path / "o").exists()
+
+
 def test_same_seed_gives_identical_weights_across_processes(inputs, tmp_path):
     """Set iteration order changes with PYTHONHASHSEED; the result must not."""
     root, teacher, vocab, corpus = inputs

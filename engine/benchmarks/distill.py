@@ -14,7 +14,8 @@ for each (project pieces: shards built by `engine.shards` from a corpus slice, `
 masking, `engine.bert` model loaded with `hf_io.load_hf_folder`, plain AdamW loop): held-out MLM
 loss at step 0 and every `eval_every` steps on fixed held-out rows and fixed masks, and
 `steps_to_random_final_loss` = first evaluated step at which a method's held-out loss is at or
-below random init's final loss.
+below random init's final loss. A `--methods` entry may carry DistillConfig overrides:
+`contextual:3` (layer 3), `distill:distill_mlm_weight=1:distill_epochs=2`.
 """
 from __future__ import annotations
 
@@ -49,6 +50,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--k", type=int, default=2, help="contexts per token for contextual/distill init")
     parser.add_argument("--layer", type=int, default=3, help="teacher layer for contextual")
     parser.add_argument("--distill-epochs", type=int, default=1)
+    parser.add_argument("--distill-mlm-weight", type=float, default=0.0,
+                        help="masked-token term of `distill` (a `distill:distill_mlm_weight=W` entry overrides it)")
+    parser.add_argument("--distill-lr", type=float, default=1e-3)
     parser.add_argument("--max-context-chars", type=int, default=200)
     parser.add_argument("--train-docs", type=int, default=300, help="documents of the corpus slice for pre-training")
     parser.add_argument("--steps", type=int, default=150)
@@ -85,7 +89,8 @@ def run(args) -> dict:
 
     bad = [m for m in args.methods.split(",") if m and m.partition(":")[0] not in METHODS]
     if bad:
-        raise SystemExit(f"error: unknown --methods entry {bad[0]!r} (known: {', '.join(METHODS)}, contextual:L)")
+        raise SystemExit(f"error: unknown --methods entry {bad[0]!r} (known: {', '.join(METHODS)}, "
+                         "contextual:L, METHOD:FIELD=VALUE with a DistillConfig field)")
     figures: dict = {}
     if "finder" in parts:
         figures["finder"] = finder_benchmark(args)
@@ -216,7 +221,8 @@ def quality_benchmark(args) -> dict:
     """Init with each method, then identical short pre-training runs; held-out MLM loss curves."""
     import torch
 
-    from engine.distill.pipeline import DistillConfig, run as distill_run
+    from engine.distill import DistillError
+    from engine.distill.pipeline import config_from_args, run as distill_run
 
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
@@ -224,16 +230,20 @@ def quality_benchmark(args) -> dict:
     shards, context_corpus = split_corpus(args, work)
     new_ids = new_token_ids(args)
     results: dict = {}
-    for entry in [m for m in args.methods.split(",") if m]:
-        method, _, layer = entry.partition(":")
-        init_dir = work / f"init-{method}{layer}"
+    for number, entry in enumerate(m for m in args.methods.split(",") if m):
+        method, overrides = parse_method_entry(entry)
+        init_dir = work / f"init-{number}-{method}"
         start = time.perf_counter()
-        config = DistillConfig(teacher=args.teacher, vocab=args.vocab, corpus=str(context_corpus), out=str(init_dir),
-                               method=method, k=args.k, layer=int(layer or args.layer),
-                               distill_epochs=args.distill_epochs,
-                               max_context_chars=args.max_context_chars, seed=args.seed, device=args.device,
-                               fit_head=args.fit_head, head_steps=args.head_steps, new_token_bias=args.new_token_bias,
-                               cache_dir=args.cache_dir or str(work / "cache"))
+        settings = dict(teacher=args.teacher, vocab=args.vocab, corpus=str(context_corpus), out=str(init_dir),
+                        method=method, k=args.k, layer=args.layer, distill_epochs=args.distill_epochs,
+                        distill_lr=args.distill_lr, distill_mlm_weight=args.distill_mlm_weight,
+                        max_context_chars=args.max_context_chars, seed=args.seed, device=args.device,
+                        fit_head=args.fit_head, head_steps=args.head_steps, new_token_bias=args.new_token_bias,
+                        cache_dir=args.cache_dir or str(work / "cache"))
+        try:
+            config = config_from_args({**settings, **overrides})
+        except DistillError as exc:
+            raise SystemExit(f"error: --methods entry {entry!r}: {exc}") from None
         report = distill_run(config, log=lambda *_: None)
         init_seconds = time.perf_counter() - start
         torch.manual_seed(args.seed)
@@ -247,9 +257,21 @@ def quality_benchmark(args) -> dict:
         for method, result in results.items():
             reached = next((step for step, loss, _new in result["curve"] if loss <= target), None)
             result["steps_to_random_final_loss"] = reached
-            result["fraction_of_random_steps"] = None if reached is None else round(reached / args.steps, 3)
+            result["fraction_of_random_steps"] = None if reached is None or not args.steps else round(reached / args.steps, 3)
     return {"trainer": "project pieces: engine.shards + engine.curriculum.mask_batch + engine.bert (hf_io) + AdamW loop",
             "shards": str(shards), "steps": args.steps, "methods": results}
+
+
+def parse_method_entry(entry: str) -> tuple[str, dict[str, str]]:
+    """`contextual:3` → (contextual, {layer: 3}); `distill:distill_mlm_weight=1:distill_epochs=2` → overrides."""
+    method, *options = entry.split(":")
+    overrides: dict[str, str] = {}
+    for option in options:
+        key, equals, value = option.partition("=")
+        if not equals:
+            key, value = "layer", option
+        overrides[key] = value
+    return method, overrides
 
 
 def new_token_ids(args) -> list[int]:

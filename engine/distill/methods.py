@@ -17,7 +17,9 @@ Every function returns a float32 tensor [len(new_ids), hidden] in the order of `
   Tokens without a context fall back to `fvt`.
 - `distill`: start from `fvt`; train only the new rows (Adam, everything else frozen) so that the
   student's last hidden state over the token (new tokenizer) matches the teacher's last hidden
-  state over the same characters (old tokenizer), MSE, for a few epochs over the contexts.
+  state over the same characters (old tokenizer), MSE, for a few epochs over the contexts; with
+  `mlm_weight` > 0 also so that the (fitted) MLM head predicts the token where it is masked in
+  those contexts (the new rows' decoder bias is then trained too).
 """
 from __future__ import annotations
 
@@ -108,43 +110,61 @@ def calibrate(vectors: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (vectors - mean) / std * target.std(0) + target.mean(0)
 
 
-def distill_rows(student_encoder: torch.nn.Module, full_embeddings: torch.Tensor, new_ids: list[int],
-                 inputs: list[Encoded], targets: torch.Tensor, pad_id: int, epochs: int, lr: float,
-                 batch_size: int, seed: int, device: torch.device,
-                 progress_desc: str = "distill") -> tuple[torch.Tensor, list[float]]:
-    """Train the rows of `new_ids` in `full_embeddings` ([new_vocab, hidden], copied) → (rows, loss per epoch).
+def distill_rows(student: torch.nn.Module, new_ids: list[int], inputs: list[Encoded], targets: torch.Tensor,
+                 pad_id: int, mask_id: int, epochs: int, lr: float, batch_size: int, seed: int,
+                 device: torch.device, mlm_weight: float = 0.0,
+                 progress_desc: str = "distill") -> tuple[torch.Tensor, torch.Tensor | None, list[float]]:
+    """Train the rows of `new_ids` (and, with the MLM term, their decoder bias) → (rows, bias, loss per epoch).
 
-    `student_encoder` is a transformers BertModel with the NEW vocabulary whose other weights are
-    the teacher's; `inputs` are the contexts under the new tokenizer (pool = the token's pieces)
-    and `targets` the teacher's pooled last hidden states for the same contexts.
+    `student` is a transformers BertForMaskedLM with the NEW vocabulary (new rows already at their
+    starting values, decoder tied to the embeddings) whose other weights are the teacher's; it is
+    only read. `inputs` are the contexts under the new tokenizer (pool = the token's pieces) and
+    `targets` the teacher's pooled last hidden states for the same contexts.
+
+    Loss = MSE(student's pooled last hidden state, teacher's) — the rows as INPUTS — plus, when
+    `mlm_weight` > 0, `mlm_weight` × the cross-entropy of predicting the token's pieces from a copy
+    of the context where they are [MASK] — the rows as OUTPUTS: the decoder is tied, so a row that
+    only reads well as input is still a poor prediction target, and at the start of pre-training the
+    new tokens' targets are near-uniform (docs/distill_init.md). The bias is returned only then.
     """
     from tqdm import tqdm
 
-    student_encoder.to(device).eval()  # eval: no dropout, the targets are deterministic
-    for parameter in student_encoder.parameters():
+    student.to(device).eval()  # eval: no dropout, the targets are deterministic
+    for parameter in student.parameters():
         parameter.requires_grad_(False)
-    base = full_embeddings.float().to(device)
+    encoder, transform = student.bert, student.cls.predictions.transform
+    base = student.bert.embeddings.word_embeddings.weight.detach().float().to(device)
+    base_bias = student.cls.predictions.bias.detach().float().to(device)
     row_ids = torch.tensor(new_ids, dtype=torch.long, device=device)
     trainable = torch.nn.Parameter(base[row_ids].clone())
-    optimizer = torch.optim.Adam([trainable], lr=lr)
+    trainable_bias = torch.nn.Parameter(base_bias[row_ids].clone())
+    use_mlm = mlm_weight > 0
+    optimizer = torch.optim.Adam([trainable, trainable_bias] if use_mlm else [trainable], lr=lr)
     generator = torch.Generator().manual_seed(seed)
     losses = []
     for _epoch in range(epochs):
         total, seen = 0.0, 0
         for picked in tqdm(length_bucketed_batches([len(e.ids) for e in inputs], batch_size, generator),
                            desc=progress_desc, disable=None, mininterval=2.0):
-            ids, mask, pool = pad_batch([inputs[i] for i in picked], pad_id)
+            ids, mask, pool = (t.to(device) for t in pad_batch([inputs[i] for i in picked], pad_id))
             table = base.index_put((row_ids,), trainable)
-            embedded = torch.nn.functional.embedding(ids.to(device), table)
-            states = student_encoder(inputs_embeds=embedded, attention_mask=mask.to(device)).last_hidden_state
-            loss = torch.nn.functional.mse_loss(mean_pool(states, pool.to(device)), targets[picked].to(device))
+            states = encoder(inputs_embeds=torch.nn.functional.embedding(ids, table),
+                             attention_mask=mask).last_hidden_state
+            loss = torch.nn.functional.mse_loss(mean_pool(states, pool), targets[picked].to(device))
+            if use_mlm:
+                masked = pool > 0
+                masked_ids = ids.masked_fill(masked, mask_id)
+                states = encoder(inputs_embeds=torch.nn.functional.embedding(masked_ids, table),
+                                 attention_mask=mask).last_hidden_state
+                logits = transform(states[masked]) @ table.T + base_bias.index_put((row_ids,), trainable_bias)
+                loss = loss + mlm_weight * torch.nn.functional.cross_entropy(logits, ids[masked])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             total += loss.item() * len(picked)
             seen += len(picked)
         losses.append(total / max(seen, 1))
-    return trainable.detach().cpu(), losses
+    return trainable.detach().cpu(), (trainable_bias.detach().cpu() if use_mlm else None), losses
 
 
 def length_bucketed_batches(lengths: list[int], batch_size: int, generator: torch.Generator,

@@ -48,6 +48,7 @@ class DistillConfig:
     batch_size: int = 64  # contexts per teacher/student batch
     distill_epochs: int = 2  # passes over the contexts for `distill`
     distill_lr: float = 1e-3  # Adam learning rate for the new rows in `distill`
+    distill_mlm_weight: float = 0.0  # `distill`: weight of the masked-token term (rows as prediction targets)
     fit_head: str = "auto"  # fit an MLM head on the frozen teacher first: auto (when it has none), yes, no
     head_steps: int = 150  # Adam steps of the head transform fit
     head_batch_positions: int = 1024  # masked positions per head-fit step
@@ -75,8 +76,8 @@ class DistillConfig:
             raise ValueError(f"max_tokens: must be ≥ 8, got {self.max_tokens}")
         if self.layer < 0:
             raise ValueError(f"layer: must be ≥ 0, got {self.layer}")
-        if self.distill_epochs < 0 or self.distill_lr <= 0:
-            raise ValueError("distill_epochs must be ≥ 0 and distill_lr > 0")
+        if self.distill_epochs < 0 or self.distill_lr <= 0 or self.distill_mlm_weight < 0:
+            raise ValueError("distill_epochs and distill_mlm_weight must be ≥ 0 and distill_lr > 0")
         if self.fit_head not in FIT_HEAD:
             raise ValueError(f"fit_head: {self.fit_head!r} is not one of {list(FIT_HEAD)}")
         if self.new_token_bias not in NEW_TOKEN_BIAS:
@@ -187,13 +188,15 @@ def run(config: DistillConfig, log=print) -> dict:
         teacher = replace(teacher, mlm_head=fit["state"])
         head_report = {k: v for k, v in fit.items() if k != "state"}
         lap("fit_mlm_head")
-    rows_by_method, fallbacks, losses = compute_rows(config, teacher, new_tokens, alignment, new_special,
-                                                     tokenizer, found, cache_dir, device, lap)
+    if config.method == "distill" and config.distill_mlm_weight > 0 and not teacher.mlm_head:
+        raise DistillError("distill_mlm_weight > 0 needs an MLM head: the teacher has none and fit_head is 'no'")
+    bias = new_rows_bias(config, teacher, new_tokens, alignment, tokenizer)
+    rows_by_method, fallbacks, losses, bias = compute_rows(config, teacher, new_tokens, alignment, new_special,
+                                                           tokenizer, found, cache_dir, device, lap, bias)
     rows = rows_by_method[config.method]
 
     embeddings = students.assemble_embeddings(teacher, alignment, rows, len(new_tokens))
-    model = students.build_student(teacher, alignment, embeddings, new_special["pad"], config.seed,
-                                   new_rows_bias(config, teacher, new_tokens, alignment, tokenizer))
+    model = students.build_student(teacher, alignment, embeddings, new_special["pad"], config.seed, bias)
     students.save_student(model, model_dir)
     vocabs.save_tokenizer(tokenizer, lowercase, model_dir)
     lap("save")
@@ -264,8 +267,12 @@ def new_rows_bias(config: DistillConfig, teacher: teachers.Teacher, new_tokens: 
 
 def compute_rows(config: DistillConfig, teacher: teachers.Teacher, new_tokens: list[str], alignment: vocabs.Alignment,
                  new_special: dict[str, int], tokenizer, found: dict, cache_dir: Path, device: torch.device,
-                 lap) -> tuple[dict[str, torch.Tensor], dict[str, int], list[float]]:
-    """Rows of every method this run can afford: random, mean, fvt always; contextual/distill when asked."""
+                 lap, bias: torch.Tensor | None = None
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, int], list[float], torch.Tensor | None]:
+    """Rows of every method this run can afford: random, mean, fvt always; contextual/distill when asked.
+
+    Also returns the new rows' decoder bias: `bias` as given, or as `distill` trained it (MLM term).
+    """
     new_ids = alignment.new_ids.tolist()
     hidden = teacher.config.hidden_size
     old_vocab = {t: i for i, t in enumerate(teacher.tokens)}
@@ -280,7 +287,7 @@ def compute_rows(config: DistillConfig, teacher: teachers.Teacher, new_tokens: l
     lap("fvt")
     losses: list[float] = []
     if config.method not in ("contextual", "distill"):
-        return rows, fallbacks, losses
+        return rows, fallbacks, losses, bias
 
     owners, contexts = [], []
     for token_id, context in ctx.iter_sentences(found):
@@ -304,12 +311,14 @@ def compute_rows(config: DistillConfig, teacher: teachers.Teacher, new_tokens: l
     lap("contextual")
     if config.method == "distill":
         table = students.assemble_embeddings(teacher, alignment, rows["fvt"], len(new_tokens))
-        encoder = students.student_encoder(teacher, table, new_special["pad"])
-        rows["distill"], losses = methods.distill_rows(
-            encoder, table, new_ids, [new_inputs[i] for i in usable], pooled[last], new_special["pad"],
-            config.distill_epochs, config.distill_lr, config.batch_size, config.seed, device)
+        student = students.build_student(teacher, alignment, table, new_special["pad"], config.seed, bias)
+        rows["distill"], trained_bias, losses = methods.distill_rows(
+            student, new_ids, [new_inputs[i] for i in usable], pooled[last], new_special["pad"], new_special["mask"],
+            config.distill_epochs, config.distill_lr, config.batch_size, config.seed, device, config.distill_mlm_weight)
+        if trained_bias is not None:
+            bias = trained_bias
         lap("distill")
-    return rows, fallbacks, losses
+    return rows, fallbacks, losses, bias
 
 
 def probe_neighbours(config: DistillConfig, teacher: teachers.Teacher, new_tokens: list[str],

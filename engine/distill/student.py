@@ -29,18 +29,6 @@ def student_config(teacher: Teacher, vocab_size: int, pad_id: int):
     return config
 
 
-def student_encoder(teacher: Teacher, embeddings: torch.Tensor, pad_id: int):
-    """A BertModel with the new embedding matrix and the teacher's other weights (for `distill`)."""
-    from transformers import BertModel
-
-    config = student_config(teacher, embeddings.shape[0], pad_id)
-    model = BertModel(config, add_pooling_layer=False)
-    state = {k: v for k, v in teacher.encoder.state_dict().items() if not k.startswith("pooler.")}
-    state["embeddings.word_embeddings.weight"] = embeddings
-    model.load_state_dict(state, strict=False)
-    return model.eval()
-
-
 def build_student(teacher: Teacher, alignment: Alignment, embeddings: torch.Tensor, pad_id: int, seed: int,
                   new_bias: torch.Tensor | None = None):
     """transformers.BertForMaskedLM holding the student's weights (head init seeded by `seed`).
