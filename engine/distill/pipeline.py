@@ -161,6 +161,8 @@ def run(config: DistillConfig, log=print) -> dict:
     new_special = vocabs.special_ids(new_tokens, config.vocab)
     if config.method in ("contextual", "distill") and config.layer > teacher.config.num_hidden_layers:
         raise DistillError(f"layer {config.layer} asked for but the teacher has {teacher.config.num_hidden_layers} layers")
+    if config.method == "distill" and config.distill_mlm_weight > 0 and not teacher.mlm_head and config.fit_head == "no":
+        raise DistillError("distill_mlm_weight > 0 needs an MLM head: the teacher has none and fit_head is 'no'")
     lowercase = vocabs.is_uncased(new_tokens)
     tokenizer = vocabs.make_tokenizer(new_tokens, lowercase)
     log(f"vocabulary: {alignment.counts()} (lower-case: {lowercase}); device {device}")
@@ -188,8 +190,6 @@ def run(config: DistillConfig, log=print) -> dict:
         teacher = replace(teacher, mlm_head=fit["state"])
         head_report = {k: v for k, v in fit.items() if k != "state"}
         lap("fit_mlm_head")
-    if config.method == "distill" and config.distill_mlm_weight > 0 and not teacher.mlm_head:
-        raise DistillError("distill_mlm_weight > 0 needs an MLM head: the teacher has none and fit_head is 'no'")
     bias = new_rows_bias(config, teacher, new_tokens, alignment, tokenizer)
     rows_by_method, fallbacks, losses, bias = compute_rows(config, teacher, new_tokens, alignment, new_special,
                                                            tokenizer, found, cache_dir, device, lap, bias)
