@@ -225,25 +225,28 @@ def quality_benchmark(args) -> dict:
     from engine.distill.pipeline import config_from_args, run as distill_run
 
     work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    shards, context_corpus = split_corpus(args, work)
-    new_ids = new_token_ids(args)
-    results: dict = {}
+    context_corpus = work / "context_corpus.jsonl"
+    configs = {}  # every entry checked before the work folder is cleared and any init runs
     for number, entry in enumerate(m for m in args.methods.split(",") if m):
         method, overrides = parse_method_entry(entry)
-        init_dir = work / f"init-{number}-{method}"
-        start = time.perf_counter()
-        settings = dict(teacher=args.teacher, vocab=args.vocab, corpus=str(context_corpus), out=str(init_dir),
-                        method=method, k=args.k, layer=args.layer, distill_epochs=args.distill_epochs,
-                        distill_lr=args.distill_lr, distill_mlm_weight=args.distill_mlm_weight,
-                        max_context_chars=args.max_context_chars, seed=args.seed, device=args.device,
-                        fit_head=args.fit_head, head_steps=args.head_steps, new_token_bias=args.new_token_bias,
-                        cache_dir=args.cache_dir or str(work / "cache"))
+        settings = dict(teacher=args.teacher, vocab=args.vocab, corpus=str(context_corpus),
+                        out=str(work / f"init-{number}-{method}"), method=method, k=args.k, layer=args.layer,
+                        distill_epochs=args.distill_epochs, distill_lr=args.distill_lr,
+                        distill_mlm_weight=args.distill_mlm_weight, max_context_chars=args.max_context_chars,
+                        seed=args.seed, device=args.device, fit_head=args.fit_head, head_steps=args.head_steps,
+                        new_token_bias=args.new_token_bias, cache_dir=args.cache_dir or str(work / "cache"))
         try:
-            config = config_from_args({**settings, **overrides})
+            configs[entry] = config_from_args({**settings, **overrides})
         except DistillError as exc:
             raise SystemExit(f"error: --methods entry {entry!r}: {exc}") from None
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    shards, _context_corpus = split_corpus(args, work)  # writes the context_corpus the configs name
+    new_ids = new_token_ids(args)
+    results: dict = {}
+    for entry, config in configs.items():
+        init_dir = Path(config.out)
+        start = time.perf_counter()
         report = distill_run(config, log=lambda *_: None)
         init_seconds = time.perf_counter() - start
         torch.manual_seed(args.seed)
