@@ -40,7 +40,7 @@ from typing import Any, Mapping, NamedTuple
 
 from engine.config import ConfigError
 from engine.curriculum.masking import MaskedBatch, MaskingVocab, make_masking_vocab, mask_batch, mask_seed
-from engine.curriculum.sampler import GlobalOrder, SamplerState, step_slice
+from engine.curriculum.sampler import DistributedSampler, SamplerState
 from engine.curriculum.schedule import Curriculum, CurriculumConfig, Phase, resolve_curriculum
 from engine.curriculum.shard_sets import open_shard_sets, shard_facts
 
@@ -117,7 +117,8 @@ class TrainingStream:
             vocab = make_masking_vocab(first.vocab_size, first.special_ids, vocab_file=vocab_file)
         self.vocab = vocab
         self._num_rows = {k: len(s) for k, s in self.shard_sets.items()}
-        self._orders = {k: GlobalOrder(self.seed, k, n) for k, n in self._num_rows.items()}
+        # Used only by the producer (prefetch thread or inline); the consumer's position is `_position`.
+        self._sampler = DistributedSampler(self._num_rows, self.seed, rank=rank, world_size=world_size)
         self._position = _Position(0, 0, tuple((k, 0) for k in sorted(self._num_rows)))
         self._last_phase: int | None = None
         self._thread: threading.Thread | None = None
@@ -201,6 +202,7 @@ class TrainingStream:
         self._halt()
         consumed = {k: sampler.consumed.get(k, 0) for k in sorted(self._num_rows)}
         self._position = _Position(step, micro_step, tuple(consumed.items()))
+        self._seek(self._position)
         self._last_phase = None
 
     def close(self) -> None:
@@ -215,21 +217,26 @@ class TrainingStream:
 
     # -- production (runs in the prefetch thread, or inline when prefetch == 0) -------------
     def _produce(self, position: _Position) -> _Produced:
+        """The micro-batch at `position`. The sampler stands at `position.consumed`: it advances only
+        here, step by step with the position, and `_seek` puts it back where a producer (re)starts."""
         phase = self.curriculum.phase_at(position.step)
-        consumed = dict(position.consumed)
-        offset, count = step_slice(self.world_size, self.rank, position.micro_step, phase.micro_batch_size)
-        rows = self._orders[phase.seq_len].rows(consumed[phase.seq_len] + offset, count)
+        rows = self._sampler.micro_batch_rows(phase.seq_len, phase.micro_batch_size, position.micro_step)
         raw = self.shard_sets[phase.seq_len].get_batch(rows)
         seed = mask_seed(self.seed, position.step, position.micro_step, self.rank)
         batch = mask_batch(raw, phase.spec_at(position.step), seed, self.vocab)
         if position.micro_step + 1 < self.grad_accum:
             after = _Position(position.step, position.micro_step + 1, position.consumed)
         else:
-            consumed[phase.seq_len] += self.world_size * self.grad_accum * phase.micro_batch_size
-            after = _Position(position.step + 1, 0, tuple(sorted(consumed.items())))
+            self._sampler.advance_step(phase.seq_len, phase.micro_batch_size, self.grad_accum)
+            after = _Position(position.step + 1, 0, tuple(sorted(self._sampler.state.consumed.items())))
         return _Produced(batch, phase, position.step, position.micro_step, after)
 
+    def _seek(self, position: _Position) -> None:
+        """Put the sampler at `position` before a producer starts from it."""
+        self._sampler.load_state_dict(SamplerState(seed=self.seed, consumed=dict(position.consumed)).to_dict())
+
     def _start(self, position: _Position) -> None:
+        self._seek(position)
         self._stop = threading.Event()
         self._queue = queue.Queue(maxsize=self.prefetch)
         self._thread = threading.Thread(target=self._run, args=(position, self._queue, self._stop),
