@@ -10,6 +10,10 @@
     # override any field; continue from the newest complete checkpoint
     python engine/pretrain.py --config configs/tiny_demo.toml --optim.lr=5e-4 --resume auto
 
+The model's vocabulary size follows the shards (or model.init_from's folder); every model field is
+settable as `--model.<field>=value` (`--model.overrides={...}` still works). The resolved config is
+printed at start, written to <out_dir>/resolved_config.json and stored in every checkpoint.
+
 Bad input (unknown key, shards that do not fit the model, a checkpoint of another model shape, a
 ZeRO config that does not fit the world size) stops with one `error:` line before anything is written.
 """
@@ -37,20 +41,28 @@ def main(argv: list[str] | None = None) -> int:
     from engine.shards import ShardError
     from engine.training.checkpoints import CheckpointError
     from engine.training.config import PretrainConfig
-    from engine.training.loop import train
-    from engine.training.setup import dist_from_env, init_distributed, prepare_run
+    from engine.training.setup import dist_from_env, init_distributed, prepare_run, shutdown_distributed
+    from engine.training.trainer import Trainer
 
+    bad_input = (ConfigError, CheckpointError, ShardError, HFFolderError)
     try:
         config = load_config(PretrainConfig, args.config, overrides)
         dist = dist_from_env()
         plan = prepare_run(config, dist, args.resume)
-        init_distributed(dist)
-    except (ConfigError, CheckpointError, ShardError, HFFolderError) as exc:
+    except bad_input as exc:
         sys.exit(f"error: {exc}")
+    trainer = None
     try:
-        train(plan)
+        init_distributed(dist)
+        trainer = Trainer(plan)
+        trainer.train()
+    except bad_input as exc:
+        sys.exit(f"error: {exc}")
     finally:
-        plan.stream.close()
+        if trainer is not None:
+            trainer.close()
+        plan.stream.close()  # the stream's one close: prepare_run opened it
+        shutdown_distributed()
     return 0
 
 

@@ -2,6 +2,7 @@
 a HF folder can be the starting point."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -154,3 +155,79 @@ def test_compile_wraps_every_layer_and_keeps_parameter_names(shards, tmp_path):
     assert all(layer._compiled_call_impl is not None for layer in compiled.bert.encoder.layer)
     assert all(layer._compiled_call_impl is None for layer in eager.bert.encoder.layer)
     assert list(compiled.state_dict()) == list(eager.state_dict())
+
+
+def plan_for(shards: Path, out_dir: Path, *extra: str):
+    config = load_config(PretrainConfig, ROOT / "configs/tiny_demo.toml",
+                         [f"--data.shards={shards}", "--seq_len=64", "--steps=4", f"--out_dir={out_dir}", *extra])
+    plan = prepare_run(config, Dist(0, 1, 0, torch.device("cpu")), resume=None)
+    plan.stream.close()
+    return plan
+
+
+@pytest.fixture(scope="module")
+def shards_of_another_vocabulary(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pretrain_setup_vocab") / "shards"
+    docs = demo_documents(200, seed=1)
+    build_shards([(f"d{i}", d) for i, d in enumerate(docs)], root, train_vocab(docs, 700),
+                 ShardOptions(seq_lens=[64], valid_fraction=0.05))
+    return root
+
+
+def test_model_vocabulary_follows_the_shards_when_not_set(shards_of_another_vocabulary, tmp_path):
+    plan = plan_for(shards_of_another_vocabulary, tmp_path / "run")
+    vocab = plan.stream.shard_sets[64].vocab_size
+    assert vocab != 1024  # the tiny preset's size: following it would be the old bug
+    assert plan.model_config.vocab_size == vocab
+    assert plan.model.cls.predictions.decoder.weight.shape[0] == plan.model_config.padded_vocab_size
+
+
+def test_explicit_vocabulary_size_that_disagrees_with_the_shards_is_refused(shards, tmp_path):
+    out = tmp_path / "run"
+    message = fails_cleanly(args(shards, out, "--model.vocab_size=2048"), out)
+    assert "vocabulary of 1024" in message and "vocab_size=2048" in message
+
+
+def test_every_model_field_is_settable_as_model_dot_field(shards, tmp_path):
+    from engine.bert.config import BertConfig
+    from engine.training.config import ModelSection
+
+    assert {f.name for f in dataclasses.fields(BertConfig)} <= {f.name for f in dataclasses.fields(ModelSection)}
+    plan = plan_for(shards, tmp_path / "run", "--model.hidden_size=32", "--model.num_heads=4",
+                    "--model.intermediate_size=48", "--model.hidden_dropout=0.0", "--model.layer_norm_eps=1e-6",
+                    '--model.overrides={"num_layers": 3}')
+    config = plan.model_config
+    assert (config.hidden_size, config.num_heads, config.intermediate_size, config.num_layers) == (32, 4, 48, 3)
+    assert (config.hidden_dropout, config.layer_norm_eps, config.vocab_size) == (0.0, 1e-6, 1024)
+    assert len(plan.model.bert.encoder.layer) == 3
+
+
+def test_a_field_set_two_ways_with_different_values_is_refused(shards, tmp_path):
+    out = tmp_path / "run"
+    message = fails_cleanly(args(shards, out, "--model.hidden_size=32", '--model.overrides={"hidden_size": 48}'), out)
+    assert "model.hidden_size=32" in message and "hidden_size=48" in message
+
+
+def test_unknown_model_field_in_overrides_is_named(shards, tmp_path):
+    out = tmp_path / "run"
+    assert "unknown field(s) ['hiden_size']" in fails_cleanly(args(shards, out, '--model.overrides={"hiden_size": 3}'),
+                                                              out)
+
+
+@pytest.mark.slow
+def test_docstring_command_runs_on_the_shards_make_demo_leaves(tmp_path):
+    """`python engine/pretrain.py --config configs/tiny_demo.toml`, as engine/pretrain.py's docstring
+    says, in a folder laid out like the repository after `make demo` (shards of the demo's own
+    vocabulary, not the tiny preset's 1024)."""
+    docs = demo_documents(300, seed=0)
+    build_shards([(f"demo{i}", d) for i, d in enumerate(docs)], tmp_path / "runs/demo/shards", train_vocab(docs, 1500),
+                 ShardOptions(seq_lens=[128], valid_fraction=0.05))
+    for folder in ("configs", "ds_configs", "engine"):
+        (tmp_path / folder).symlink_to(ROOT / folder)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    result = subprocess.run([sys.executable, "engine/pretrain.py", "--config", "configs/tiny_demo.toml"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "runs/tiny_demo/checkpoints/step_00000200/COMPLETE").is_file()

@@ -10,7 +10,7 @@ same number of steps. Figures are non-pad tokens per second over the timed steps
 excluded). HF baselines follow `run_mlm.py`: `line_by_line` tokenises every non-empty line
 (truncated to 128, padded per batch by the collator); `group_texts` concatenates the tokenised
 lines and cuts 128-token blocks. Both use `DataCollatorForLanguageModeling(mlm_probability=0.15)`.
-The engine side is the real trainer (`engine.training.loop.train`, one process, ZeRO 0, fp32) on
+The engine side is the real trainer (`engine.training.trainer.Trainer`, one process, ZeRO 0, fp32) on
 packed shards built from the same documents, flat 15 % token masking (80/10/10).
 
 GPU MFU (`--gpu-mfu`): BERT-base at seq 128, bf16, one GPU, packed shards of the demo corpus (or
@@ -110,8 +110,8 @@ def run_engine(shards: Path, work: Path, steps: int, warmup: int, micro: int, se
     step); the first `warmup` steps are left out, so `steps` is rounded up to a multiple of `warmup`."""
     from engine.config import load_config
     from engine.training.config import PretrainConfig
-    from engine.training.loop import train
     from engine.training.setup import dist_from_env, init_distributed, prepare_run
+    from engine.training.trainer import Trainer
 
     warmup = max(warmup, 1)
     steps = -(-steps // warmup) * warmup
@@ -127,7 +127,14 @@ def run_engine(shards: Path, work: Path, steps: int, warmup: int, micro: int, se
     dist = dist_from_env()
     plan = prepare_run(config, dist, resume=None)
     init_distributed(dist)
-    train(plan)
+    try:
+        trainer = Trainer(plan)
+        try:
+            trainer.train()
+        finally:
+            trainer.close()
+    finally:
+        plan.stream.close()
     return aggregate(work / "metrics.jsonl", after_step=warmup)
 
 

@@ -5,10 +5,12 @@ world size (global batch, ZeRO fit, shards vs model) live in `engine.training.se
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from engine.bert.config import BertConfig
 from engine.curriculum.schedule import CurriculumConfig
 
 
@@ -20,10 +22,49 @@ def _positive(section: str, **values: float) -> None:
 
 @dataclass
 class ModelSection:
+    """The architecture: a preset or an HF folder, then any BertConfig field set here (`--model.<field>`).
+
+    A field left at None keeps the preset's (or the init folder's) value, except `vocab_size`,
+    which follows the shards' vocabulary for a preset; see `engine.training.setup.model_config_for`.
+    """
+
     preset: str = "tiny"  # engine.bert preset name (tiny, minilm-l6-h384, bert-base, bert-large)
-    overrides: dict[str, Any] = field(default_factory=dict)  # BertConfig fields replacing the preset's
     init_from: Path | None = None  # HF BERT folder to start from (its config replaces the preset)
     compile: bool = False  # torch.compile each transformer layer in place (fuses the elementwise ops; GPU speed)
+    overrides: dict[str, Any] = field(default_factory=dict)  # same fields as a JSON table (older spelling)
+    vocab_size: int | None = None  # default: the shards' vocabulary (init_from: the folder's); must match the shards
+    hidden_size: int | None = None  # width of every token representation
+    num_layers: int | None = None  # transformer encoder layers
+    num_heads: int | None = None  # attention heads per layer; must divide hidden_size
+    intermediate_size: int | None = None  # width of the feed-forward block
+    max_position_embeddings: int | None = None  # longest segment the position table covers
+    type_vocab_size: int | None = None  # token-type embeddings
+    layer_norm_eps: float | None = None  # LayerNorm epsilon
+    hidden_dropout: float | None = None  # dropout after embeddings, attention output and feed-forward output
+    attention_dropout: float | None = None  # dropout on attention probabilities (0 allows flash varlen on CUDA)
+    initializer_range: float | None = None  # std of the normal init of fresh weights
+    pad_vocab_to_multiple: int | None = None  # embedding/decoder rows rounded up to this multiple (1 = off)
+    pad_token_id: int | None = None  # id of [PAD]
+
+    def __post_init__(self):
+        known = set(architecture_field_names())
+        unknown = sorted(set(self.overrides) - known)
+        if unknown:
+            raise ValueError(f"model.overrides: unknown field(s) {unknown} (known: {sorted(known)})")
+        clash = sorted(k for k, v in self.overrides.items() if getattr(self, k) is not None and getattr(self, k) != v)
+        if clash:
+            raise ValueError(f"model.{clash[0]}={getattr(self, clash[0])!r} contradicts "
+                             f"model.overrides {clash[0]}={self.overrides[clash[0]]!r}")
+
+    def architecture_fields(self) -> dict[str, Any]:
+        """The BertConfig fields this section sets explicitly (fields and `overrides` together)."""
+        explicit = {name: getattr(self, name) for name in architecture_field_names() if getattr(self, name) is not None}
+        return {**self.overrides, **explicit}
+
+
+def architecture_field_names() -> list[str]:
+    """Every BertConfig field, each of which ModelSection can set."""
+    return [f.name for f in dataclasses.fields(BertConfig)]
 
 
 @dataclass

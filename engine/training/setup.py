@@ -7,16 +7,15 @@ nothing and leaves nothing behind.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
-import random
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from engine.bert.config import BertConfig, preset
+from engine.bert.config import BertConfig, from_hf_config, preset
 from engine.config import ConfigError, to_dict
 from engine.training import checkpoints
 from engine.training.config import PretrainConfig
@@ -44,8 +43,8 @@ class RunPlan:
     model: torch.nn.Module  # initial weights (fresh, or from model.init_from)
     stream: object  # engine.curriculum.TrainingStream for this rank
     ds_config: dict  # completed DeepSpeed dict
-    resume_from: Path | None  # complete checkpoint tag folder to load, if resuming
-    resume_state: dict | None  # its run_state.json
+    resume_from: Path | None  # complete checkpoint tag folder to load, if resuming (by the Trainer)
+    resume_state: dict | None  # its run_state.json, already checked against the model
     validation: object | None  # engine.training.evaluation.ValidationSet, None when eval.interval = 0
 
 
@@ -70,8 +69,9 @@ def init_distributed(dist: Dist) -> None:
     import deepspeed
 
     if "MASTER_ADDR" not in os.environ:
-        os.environ.update(RANK=str(dist.rank), LOCAL_RANK=str(dist.local_rank), WORLD_SIZE=str(dist.world_size),
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+    for key, value in (("RANK", dist.rank), ("LOCAL_RANK", dist.local_rank), ("WORLD_SIZE", dist.world_size)):
+        os.environ.setdefault(key, str(value))
     if dist.device.type == "cuda":
         torch.cuda.set_device(dist.device)
     deepspeed.init_distributed(dist_backend=None if dist.device.type == "cuda" else "gloo",
@@ -81,17 +81,30 @@ def init_distributed(dist: Dist) -> None:
                           f"says {dist.world_size}")
 
 
-def model_config_for(config: PretrainConfig) -> BertConfig:
-    """The architecture: an HF folder's config.json (init_from) or a preset, plus overrides."""
+def shutdown_distributed() -> None:
+    """Leave the process group (on every exit path, so launchers do not wait on a half-closed job)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        import deepspeed.comm
+
+        deepspeed.comm.destroy_process_group()  # also drops DeepSpeed's cached groups, so a later run can join anew
+
+
+def model_config_for(config: PretrainConfig, shards_vocab_size: int) -> BertConfig:
+    """The architecture: an HF folder's config.json (init_from) or a preset, then the fields set in
+    [model]. The vocabulary size follows the shards (or the init folder) unless set explicitly; an
+    explicit size that disagrees with the shards is refused by `check_shards_fit_model`."""
     section = config.model
+    fields = section.architecture_fields()
     if section.init_from is not None:
-        import json
-        from engine.bert.config import from_hf_config
         path = Path(section.init_from) / "config.json"
         if not path.is_file():
             raise ConfigError(f"model.init_from: no config.json in {section.init_from}")
-        return from_hf_config(json.loads(path.read_text(encoding="utf-8")), **section.overrides)
-    return preset(section.preset, **section.overrides)
+        try:
+            hf_config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: unreadable: {exc}") from None
+        return from_hf_config(hf_config, **fields)
+    return preset(section.preset, **{"vocab_size": shards_vocab_size, **fields})
 
 
 def build_model(config: PretrainConfig, model_config: BertConfig):
@@ -101,7 +114,7 @@ def build_model(config: PretrainConfig, model_config: BertConfig):
 
     torch.manual_seed(config.seed)
     if config.model.init_from is not None:
-        model, _ = load_hf_folder(config.model.init_from, **config.model.overrides)
+        model, _ = load_hf_folder(config.model.init_from, **config.model.architecture_fields())
     else:
         model = BertForMaskedLM(model_config)
     if config.model.compile:
@@ -119,13 +132,6 @@ def compile_layers(model) -> None:
     """
     for layer in model.bert.encoder.layer:
         layer.compile(dynamic=True)
-
-
-def seed_rank_rngs(seed: int, rank: int) -> None:
-    """Per-rank RNG streams (dropout) for a fresh run; a resumed run restores the saved ones."""
-    random.seed(seed + rank)
-    np.random.seed((seed + rank) % 2**32)
-    torch.manual_seed(seed + 7919 * (rank + 1))
 
 
 def check_shards_fit_model(model_config: BertConfig, stream) -> None:
@@ -166,16 +172,19 @@ def find_resume(config: PretrainConfig, resume: str | None) -> Path | None:
 
 
 def prepare_run(config: PretrainConfig, dist: Dist, resume: str | None) -> RunPlan:
-    """Check everything and build the stream; raises before anything is written."""
+    """Check everything and build the stream; raises before anything is written.
+
+    The resume itself (data position, weights, RNG) is the Trainer's; here the checkpoint is only
+    found and checked against the model."""
     from engine.curriculum.stream import open_training_stream
 
-    model_config = model_config_for(config)
     if not Path(config.data.shards).is_dir():
         raise ConfigError(f"data.shards: no shard folder at {config.data.shards}")
     stream = open_training_stream(
         config.data.shards, config.curriculum, total_steps=config.steps, seed=config.seed, rank=dist.rank,
         world_size=dist.world_size, micro_batch_size=config.batch.micro, grad_accum=config.batch.grad_accum,
         default_seq_len=config.seq_len, prefetch=config.data.prefetch)
+    model_config = model_config_for(config, next(iter(stream.shard_sets.values())).vocab_size)
     check_shards_fit_model(model_config, stream)
     raw = read_ds_config(config.deepspeed.config)
     ds = complete_ds_config(raw, config.deepspeed, config.batch, config.optim, dist.world_size,
@@ -188,10 +197,6 @@ def prepare_run(config: PretrainConfig, dist: Dist, resume: str | None) -> RunPl
     if resume_from is not None:
         resume_state = checkpoints.read_run_state(resume_from)
         check_checkpoint_fits(resume_from, resume_state, model_config)
-        try:
-            stream.load_state_dict(resume_state["data"])
-        except (KeyError, ValueError) as exc:
-            raise checkpoints.CheckpointError(f"{resume_from}: data position does not fit this run: {exc}") from None
     validation = ValidationSet.open(config, stream, dist) if config.eval.interval else None
     model = build_model(config, model_config)
     return RunPlan(config=config, dist=dist, model_config=model_config, model=model, stream=stream, ds_config=ds,
@@ -211,6 +216,8 @@ def describe_run(plan: RunPlan) -> dict:
         "phases": [p.describe() for p in phases],
         "device": str(dist.device),
     }
-    assert derived["global_batch"] == plan.ds_config["train_batch_size"], "global batch disagrees with DeepSpeed"
+    if derived["global_batch"] != plan.ds_config["train_batch_size"]:
+        raise ConfigError(f"global batch {derived['global_batch']} disagrees with the DeepSpeed config's "
+                          f"train_batch_size {plan.ds_config['train_batch_size']}")
     return {"config": to_dict(cfg), "derived": derived, "model": dataclasses.asdict(plan.model_config),
             "deepspeed": plan.ds_config}
