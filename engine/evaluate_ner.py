@@ -62,7 +62,7 @@ def _finetune_config(args: argparse.Namespace, overrides: list[str]):
 def evaluate(argv: list[str]) -> int:
     args, overrides = _parser().parse_known_args(argv)
     config = _finetune_config(args, overrides)
-    from engine.ner.finetune import resolve_device
+    from engine.io import resolve_device
     from engine.ner.model_io import check_model_folder, load_tokenizer
     from engine.ner.report import write_report
     from engine.ner.tasks import available_tasks, load_task
@@ -71,7 +71,7 @@ def evaluate(argv: list[str]) -> int:
     # Check everything (model folder, tokenizer, every data file) before writing anything.
     model_dir = check_model_folder(args.model)
     tokenizer = load_tokenizer(model_dir)
-    resolve_device(config.device)
+    resolve_device(config.device, NerError)
     names = [t.strip().lower() for t in args.tasks.split(",") if t.strip()] if args.tasks else available_tasks(args.data)
     names = list(dict.fromkeys(names))
     tasks = [load_task(args.data, name, args.scheme, args.repair_iob, config.max_train_sentences) for name in names]

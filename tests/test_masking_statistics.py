@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine.curriculum.masking import IGNORE_INDEX, MaskingSpec, make_masking_vocab, mask_batch, mask_seed
-from engine.curriculum.synthetic import BERT_SPECIAL_IDS, SyntheticBatch, synthetic_rows
+from engine.benchmarks.synthetic import BERT_SPECIAL_IDS, SyntheticBatch, synthetic_rows
 
 VOCAB = make_masking_vocab(30522, BERT_SPECIAL_IDS)
 SPECIALS = torch.tensor(sorted(BERT_SPECIAL_IDS.values()))

@@ -10,7 +10,7 @@ import torch
 from engine.corpus.demo import write_demo_ner
 from engine.evaluate_ner import main
 from engine.ner.conll import read_conll
-from engine.ner.tiny_model import write_tiny_bert
+from tests.tiny_model import write_tiny_bert
 
 QUICK = ["--epochs", "4", "--lr", "1e-2", "--batch-size", "8"]
 

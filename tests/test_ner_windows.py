@@ -9,7 +9,7 @@ from engine.ner.conll import read_conll, write_predictions
 from engine.ner.finetune import Recipe, predict_tags
 from engine.ner.model_io import load_tokenizer
 from engine.ner.scoring import score
-from engine.ner.tiny_model import write_tiny_bert
+from tests.tiny_model import write_tiny_bert
 from engine.ner.windows import IGNORE, gather_word_predictions, make_windows
 from tests.conftest import shared_path, teacher_dir
 

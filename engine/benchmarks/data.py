@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from engine.benchmarks.record import write_record
+from engine.io import shared_data_dir
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+SHARED = shared_data_dir()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

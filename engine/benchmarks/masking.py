@@ -13,7 +13,7 @@ Figures:
   transformers itself on the same already-assembled int64 batches, same core, same run.
 - `masking_share`: (assembly + masking of one training micro-batch) / (forward + backward of a
   BERT-base `engine.bert.BertForMaskedLM` on that micro-batch, all cores), seq 128.
-Without `--shards`, rows come from `engine.curriculum.synthetic` (the `PackedShards` layout, in
+Without `--shards`, rows come from `engine.benchmarks.synthetic` (the `PackedShards` layout, in
 memory); the record says which.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch
 from engine.benchmarks.record import write_record
 from engine.curriculum.masking import MaskingSpec, make_masking_vocab, mask_batch, mask_seed
 from engine.curriculum.sampler import GlobalOrder
-from engine.curriculum.synthetic import SyntheticBatch, SyntheticShards
+from engine.benchmarks.synthetic import SyntheticBatch, SyntheticShards
 from engine.shards import PackedShards, ShardError
 
 
@@ -54,7 +54,7 @@ def _open_rows(args):
         if getattr(args, name) <= 0:
             sys.exit(f"error: --{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if args.shards is None:
-        return SyntheticShards(args.rows, args.seq_len, seed=0), "synthetic (engine.curriculum.synthetic)"
+        return SyntheticShards(args.rows, args.seq_len, seed=0), "synthetic (engine.benchmarks.synthetic)"
     try:
         return PackedShards(args.shards, split="train", seq_len=args.seq_len), str(args.shards)
     except ShardError as exc:

@@ -5,9 +5,10 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 import time
 from pathlib import Path
+
+from engine.io import atomic_write_text
 
 
 def machine_info() -> dict:
@@ -49,12 +50,6 @@ def write_record(path: str | Path, name: str, figures: dict, config: dict) -> di
     """Write {"benchmark", "figures"..., "machine", "commit", "config", "time"} to `path` atomically."""
     record = {"benchmark": name, **figures, "machine": machine_info(), "commit": git_commit(),
               "config": config, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(record, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     print(json.dumps({k: v for k, v in figures.items()}, indent=2))
     return record

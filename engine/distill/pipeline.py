@@ -22,6 +22,7 @@ from engine.distill import contexts as ctx
 from engine.distill import head as heads
 from engine.distill import methods, report as reporting, student as students, teacher as teachers, vocab as vocabs
 from engine.distill.errors import DistillError
+from engine.io import atomic_path, atomic_write_text, resolve_device, swap_in_folder
 
 Method = Literal["random", "mean", "fvt", "contextual", "distill"]
 METHODS = ("random", "mean", "fvt", "contextual", "distill")
@@ -89,14 +90,6 @@ class DistillConfig:
             raise ValueError(f"head_lr: must be > 0, got {self.head_lr}")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DistillError(f"device {name!r} asked for but CUDA is not available")
-    return torch.device(name)
-
-
 def iter_corpus(path: str, fmt: str) -> Iterator[tuple[str, str]]:
     """(doc id, text) from a text corpus (engine.corpus.readers) or a shard folder; errors → DistillError.
 
@@ -154,7 +147,7 @@ def run(config: DistillConfig, log=print) -> dict:
 
     out = Path(config.out)
     check_output(out)
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, DistillError)
     teacher = teachers.load_teacher(config.teacher)
     new_tokens = vocabs.read_vocab(config.vocab)
     alignment = vocabs.align(teacher.tokens, new_tokens, config.teacher, config.vocab)
@@ -209,9 +202,7 @@ def run(config: DistillConfig, log=print) -> dict:
         "config": to_dict(config),
     }
     reporting.write_report(model_dir, report)
-    if out.exists():
-        out.rmdir()
-    model_dir.replace(out)
+    swap_in_folder(model_dir, out)
     shutil.rmtree(partial)
     return report
 
@@ -239,11 +230,9 @@ def fitted_head(config: DistillConfig, teacher: teachers.Teacher, cache_dir: Pat
             "held_out_windows": fit.held_out_windows,
             "held_out_loss_fresh_head": fit.held_out_fresh, "held_out_loss_fitted_head": fit.held_out_fitted,
             "train_loss_first": fit.losses[0], "train_loss_last": fit.losses[-1]}
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(fit.state, str(tmp))
-    path.with_suffix(".json").write_text(json.dumps(meta), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path.with_suffix(".json"), json.dumps(meta))
+    with atomic_path(path) as tmp:  # last: its presence means the .json beside it is complete
+        save_file(fit.state, str(tmp))
     return {"state": fit.state, **meta}
 
 

@@ -16,6 +16,7 @@ import torch
 from engine.distill.contexts import Context
 from engine.distill.errors import DistillError
 from engine.distill.vocab import read_vocab
+from engine.io import atomic_path, has_tokenizer
 
 
 @dataclass
@@ -44,7 +45,7 @@ def load_teacher(folder: str | Path) -> Teacher:
         raise DistillError(f"{folder}: teacher has no model.safetensors{hint}")
     if not (folder / "config.json").is_file():
         raise DistillError(f"{folder}: teacher has no config.json")
-    if not ((folder / "tokenizer.json").is_file() or (folder / "vocab.txt").is_file()):
+    if not has_tokenizer(folder):
         raise DistillError(f"{folder}: teacher has no tokenizer (tokenizer.json or vocab.txt)")
     try:
         config_dict = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -133,10 +134,8 @@ def pooled_states(encoder: torch.nn.Module, inputs: list[Encoded], layers: list[
         if cached is None:
             cached = _run_chunk(encoder, chunk, layers, pad_id, batch_size, device, progress)
             if cache_dir is not None:
-                cache_dir.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                save_file(cached, str(tmp))
-                tmp.replace(path)
+                with atomic_path(path) as tmp:
+                    save_file(cached, str(tmp))
         else:
             progress.update(len(chunk))
         for layer in layers:

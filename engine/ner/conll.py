@@ -6,11 +6,10 @@ round trip is exact and errors can point at `file:line`.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.io import atomic_write_text
 from engine.ner.errors import NerError
 
 
@@ -88,26 +87,11 @@ def format_conll(rows_per_sentence: list[list[tuple[str, ...]]], separator: str 
     return "".join(parts)
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write `text` to a temp file beside `path`, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_conll(path: str | Path, data: ConllFile) -> Path:
     """Write `data` back in its own layout; `read_conll` → `write_conll` reproduces the shared files."""
     rows = [[(w, *m, t) for w, m, t in zip(s.words, s.middle or [()] * len(s.words), s.tags)]
             for s in data.sentences]
-    return write_text_atomic(path, format_conll(rows, data.separator))
+    return atomic_write_text(path, format_conll(rows, data.separator))
 
 
 def write_predictions(path: str | Path, sentences: list[Sentence], predicted: list[list[str]]) -> Path:
@@ -119,4 +103,4 @@ def write_predictions(path: str | Path, sentences: list[Sentence], predicted: li
         if len(tags) != len(sentence.words):
             raise ValueError(f"sentence at line {sentence.lines[0]}: {len(sentence.words)} words, {len(tags)} predictions")
         rows.append(list(zip(sentence.words, sentence.tags, tags)))
-    return write_text_atomic(path, format_conll(rows))
+    return atomic_write_text(path, format_conll(rows))

@@ -17,6 +17,7 @@ from typing import Callable, Literal
 import numpy as np
 import torch
 
+from engine.io import resolve_device
 from engine.ner.errors import NerError
 from engine.ner.scoring import score
 from engine.ner.tasks import TaskData, preset_for
@@ -70,17 +71,10 @@ class Recipe:
     history: list[dict] = field(default_factory=list)  # per epoch: loss, devel F1, seconds
 
 
-def resolve_device(device: str) -> str:
-    """"auto" → cuda when available, else cpu; an explicit cuda without a GPU is an error."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise NerError("--device cuda was asked for but no CUDA device is available")
-    return device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def resolve_recipe(config: FinetuneConfig, task: str, model_max_positions: int) -> Recipe:
     """The task preset with the config's overrides, lengths capped to the model."""
     preset = preset_for(task)
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, NerError).type
     max_length = min(config.max_length, model_max_positions)
     return Recipe(config.lr or preset.lr, config.epochs or preset.epochs, config.batch_size or preset.batch_size,
                   max_length, min(config.context, (max_length - 2) // 4), device,

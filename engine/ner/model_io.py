@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from engine.io import TOKENIZER_CORE, has_tokenizer
 from engine.ner.errors import NerError
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
@@ -41,8 +41,8 @@ def check_model_folder(path: str | Path) -> Path:
         raise NerError(f"{config}: no model_type (expected an HF config, e.g. \"bert\")")
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         raise NerError(f"{folder}: no weights ({' / '.join(WEIGHT_FILES)})")
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise NerError(f"{folder}: no tokenizer ({' or '.join(TOKENIZER_FILES)}); save the tokenizer "
+    if not has_tokenizer(folder):
+        raise NerError(f"{folder}: no tokenizer ({' or '.join(TOKENIZER_CORE)}); save the tokenizer "
                        "next to the weights (the engine's export does)")
     return folder
 

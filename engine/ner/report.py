@@ -9,7 +9,7 @@ import json
 import statistics
 from pathlib import Path
 
-from engine.ner.conll import write_text_atomic
+from engine.io import atomic_path, atomic_write_text
 from engine.ner.errors import NerError
 from engine.ner.tasks import PUBLISHED
 
@@ -116,10 +116,9 @@ def bar_chart(path: Path, summary: dict, model: str) -> None:
     ax.set_title(f"NER (BLURB protocol): {Path(model).name}")
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def write_report(out_dir: str | Path, units: list[dict]) -> dict:
@@ -128,7 +127,7 @@ def write_report(out_dir: str | Path, units: list[dict]) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(units)
     report = {"kind": REPORT_KIND, "model": units[0]["model"], "summary": summary, "units": units}
-    write_text_atomic(out / "results.json", json.dumps(report, indent=2) + "\n")
-    write_text_atomic(out / "results.md", markdown(units, summary))
+    atomic_write_text(out / "results.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / "results.md", markdown(units, summary))
     bar_chart(out / "results.png", summary, units[0]["model"])
     return report

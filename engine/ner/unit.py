@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Callable
 
 from engine.config import to_dict
-from engine.ner.conll import write_predictions, write_text_atomic
+from engine.io import atomic_write_text
+from engine.ner.conll import write_predictions
 from engine.ner.finetune import FinetuneConfig, finetune, resolve_recipe, seed_everything
 from engine.ner.model_io import load_token_classifier
 from engine.ner.report import UNIT_KIND
@@ -44,7 +45,7 @@ def run_unit(model_dir: Path, tokenizer, task: TaskData, seed: int, config: Fine
         "recipe": asdict(recipe), "config": to_dict(config),
         "wall_s": time.perf_counter() - started,
     }
-    write_text_atomic(folder / "result.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(folder / "result.json", json.dumps(result, indent=2) + "\n")
     log(f"{task.name} seed {seed}: devel F1 {100 * result['devel']['f1']:.2f}, test F1 {100 * result['test']['f1']:.2f} "
         f"(best epoch {result['best_epoch']}, {result['wall_s']:.0f} s) → {folder}")
     return result

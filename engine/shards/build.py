@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from tokenizers import Tokenizer
 
+from engine.io import TOKENIZER_FILES, swap_in_folder, temp_sibling_dir
 from engine.shards.manifest import FORMAT, MANIFEST, SPLITS, ShardError, manifest_text, read_manifest, verify_files
 from engine.shards.packing import Packer
 from engine.corpus.normalize import FastNormalizer
@@ -185,7 +186,7 @@ def write_shards(documents: Iterable[tuple[str, str]], root: Path, tokenizer: To
     for split, log in logs.items():
         splits[split] = {"documents": log.count, "tokens": log.tokens, "file": log.name}
         files.update(log.close())
-    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+    for name in TOKENIZER_FILES:
         data = (root / name).read_bytes()
         files[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     manifest = {
@@ -216,10 +217,7 @@ def build_shards(documents: Iterable[tuple[str, str]], out: str | Path, tokenize
         os.environ["RAYON_NUM_THREADS"] = str(workers)
         os.environ["RAYON_RS_NUM_CPUS"] = str(workers)
     check_destination(out, tokenizer, options, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.building-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = temp_sibling_dir(out)
     try:
         manifest = write_shards(documents, tmp, tokenizer, options, batch_documents, progress)
         if (out / MANIFEST).is_file() and (out / MANIFEST).read_text(encoding="utf-8") == manifest_text(manifest):
@@ -229,17 +227,8 @@ def build_shards(documents: Iterable[tuple[str, str]], out: str | Path, tokenize
                 return BuildResult("unchanged", manifest)
             except ShardError:
                 pass  # the same shards, damaged: the fresh build replaces them
-        status = "written"
-        if out.exists() and any(out.iterdir()):
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old)
-            status = "replaced"
-        else:
-            if out.exists():
-                out.rmdir()
-            os.rename(tmp, out)
+        status = "replaced" if out.exists() and any(out.iterdir()) else "written"
+        swap_in_folder(tmp, out)
         return BuildResult(status, manifest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -19,7 +19,6 @@ FORMAT = "bioptimus-packed-shards/1"
 SPLITS = ("train", "valid")
 SEGMENT_COLUMNS = ("row", "column", "size", "segment", "doc", "doc_offset")
 MANIFEST = "manifest.json"
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
 class ShardError(ValueError):

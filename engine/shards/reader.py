@@ -12,7 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from engine.shards.manifest import SEGMENT_COLUMNS, TOKENIZER_FILES, ShardError, read_manifest, verify_files
+from engine.io import TOKENIZER_FILES
+from engine.shards.manifest import SEGMENT_COLUMNS, ShardError, read_manifest, verify_files
 
 
 class PackedBatch(NamedTuple):

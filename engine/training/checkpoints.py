@@ -15,7 +15,6 @@ replaced atomically after the marker, for people and for `export_hf.py`.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -24,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from engine.io import atomic_path, atomic_write_text
 
 TAG_PATTERN = re.compile(r"^step_(\d{8,})$")
 MARKER = "COMPLETE"
@@ -37,16 +38,6 @@ class CheckpointError(RuntimeError):
 
 def tag_for(step: int) -> str:
     return f"step_{step:08d}"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write next to `path` and rename over it, so readers see the old or the new file, never half."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def complete_tags(ckpt_dir: Path) -> list[Path]:
@@ -108,9 +99,8 @@ def save_rng(tag_dir: Path, rank: int) -> None:
     folder = tag_dir / "rng"
     folder.mkdir(parents=True, exist_ok=True)
     tensors, meta = rng_state()
-    tmp = folder / f".rank_{rank}.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, folder / f"rank_{rank}.safetensors")
+    with atomic_path(folder / f"rank_{rank}.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def load_rng(tag_dir: Path, rank: int) -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from engine.bert.config import BertConfig
+from engine.io import has_tokenizer
 from engine.training.checkpoints import CheckpointError, read_run_state, resolve_checkpoint
 
 MODEL_STATES = "mp_rank_00_model_states.pt"
@@ -65,7 +66,7 @@ def export_checkpoint(checkpoint: Path, out: Path, tokenizer_dir: Path | None = 
     model, config, state, tag_dir = load_checkpoint_model(checkpoint)
     if tokenizer_dir is None:
         tokenizer_dir = Path(state["config"]["data"]["shards"])
-    if not (Path(tokenizer_dir) / "tokenizer.json").is_file() and not (Path(tokenizer_dir) / "vocab.txt").is_file():
+    if not has_tokenizer(tokenizer_dir):
         raise CheckpointError(f"{tag_dir}: no tokenizer in {tokenizer_dir} (the run's shard folder); "
                               f"pass --tokenizer DIR")
     return save_hf_folder(model, out, tokenizer_dir=tokenizer_dir, true_vocab_size=config.vocab_size,

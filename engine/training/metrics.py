@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from engine.io import atomic_write_text
+
 # (substring of torch.cuda.get_device_name, peak dense FLOP/s for bf16/fp16, for fp32 (TF32 off))
 PEAK_FLOPS: list[tuple[str, float, float]] = [
     ("H200", 989e12, 67e12),
@@ -104,9 +106,7 @@ def keep_until(path: Path, step: int | None) -> None:
         return
     kept = [line for line in path.read_text(encoding="utf-8").splitlines()
             if line.strip() and json.loads(line).get("step", 0) <= step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def read_metrics(path: Path) -> list[dict]:

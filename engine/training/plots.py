@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.io import atomic_path
 from engine.training.metrics import read_metrics
 
 
@@ -39,9 +40,7 @@ def plot_metrics(jsonl: Path, out: Path) -> Path:
     ax_speed.set_xlabel("optimizer step")
     fig.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    tmp.replace(out)
     return out

@@ -1,4 +1,4 @@
-"""A tiny random BERT folder (config, weights, WordPiece tokenizer) for fast tests and smoke runs.
+"""Test fixture: a tiny random BERT folder (config, weights, WordPiece tokenizer) for fast NER tests.
 
 The vocabulary holds every single character (plain and `##`) plus the given whole words, so words
 outside the list split into several pieces: exactly what sub-piece alignment and windowing must

@@ -1,4 +1,5 @@
-"""Synthetic packed shards with the exact `PackedShards` layout, for tests and the masking benchmark.
+"""Synthetic packed shards with the exact `PackedShards` layout: the masking benchmark's default input
+(tests use it too, as a large cheap batch).
 
 Rows look like real packed rows: several `[CLS] words [SEP]` segments (segment ids 1..k), words of
 1 to several WordPiece pieces (`word_start` = 1 on the first piece and on special tokens), and a
