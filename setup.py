@@ -11,7 +11,6 @@ setup(
     description="DeepSpeed pre-training engine for biomedical BERT (BIOptimus recipe)",
     python_requires=">=3.10",
     packages=find_packages(include=["engine", "engine.*", "kernels", "kernels.*"]),
-    package_data={"engine": ["corpus/demo_data/*", "presets/*.toml"]},
     install_requires=[
         "torch==2.13.0",
         "deepspeed==0.19.8",

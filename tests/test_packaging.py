@@ -20,3 +20,14 @@ def test_transformers_bert_imports_in_a_fresh_process_with_our_packages_importab
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("BertForMaskedLM")
+
+
+def test_every_package_data_pattern_in_setup_py_names_existing_files():
+    import ast
+    root = Path(__file__).resolve().parents[1]
+    call = next(n for n in ast.walk(ast.parse((root / "setup.py").read_text(encoding="utf-8")))
+                if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
+    data = next((ast.literal_eval(k.value) for k in call.keywords if k.arg == "package_data"), {})
+    missing = [f"{package}/{pattern}" for package, patterns in data.items() for pattern in patterns
+               if not list((root / package.replace(".", "/")).glob(pattern))]
+    assert missing == []
