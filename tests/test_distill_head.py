@@ -7,9 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from engine.curriculum.masking import MaskingSpec, MaskingVocab, mask_batch
 from engine.distill import head as heads
 from engine.distill.pipeline import DistillConfig, run
 from engine.distill.teacher import load_teacher
+from engine.shards.reader import PackedBatch
 from tests.test_distill_init import NEW, OLD, _write_teacher
 
 WORDS = [t for t in OLD if not t.startswith(("[", "##"))]
@@ -50,8 +52,8 @@ def test_fitted_head_lowers_held_out_mlm_loss_against_a_fresh_head(teacher):
     ids = torch.tensor([w + [0] * (32 - len(w)) for w in windows])
     special = torch.zeros(len(OLD), dtype=torch.bool)
     special[:5] = True
-    corrupted, labels = heads.mask_tokens(ids, ~special[ids], torch.Generator().manual_seed(7),
-                                          OLD.index("[MASK]"), (~special).nonzero().flatten())
+    vocab = MaskingVocab(OLD.index("[MASK]"), special, (~special).nonzero().flatten())
+    corrupted, labels = heads.mask_windows(ids, (ids != 0).long(), vocab, torch.Generator().manual_seed(7))
     with torch.no_grad():
         states = teacher.encoder(input_ids=corrupted, attention_mask=(ids != 0).long()).last_hidden_state
     where = labels != -100
@@ -77,19 +79,21 @@ def test_head_fit_is_deterministic_given_the_seed(teacher):
                            other.state["cls.predictions.transform.dense.weight"])
 
 
-def test_masking_is_15_percent_with_80_10_10_corruption():
-    ids = torch.randint(5, 1000, (200, 100))
-    maskable = torch.ones_like(ids, dtype=torch.bool)
-    maskable[:, 0] = False
-    corrupted, labels = heads.mask_tokens(ids, maskable, torch.Generator().manual_seed(0), 4, torch.arange(5, 1000))
+def test_head_fit_masks_windows_with_the_pre_training_masking():
+    ids = torch.randint(5, 1000, (64, 40))
+    ids[:, 0] = 2  # [CLS]-like special
+    ids[:32, 30:] = 0  # padded tails
+    special = torch.zeros(1000, dtype=torch.bool)
+    special[:5] = True
+    vocab = MaskingVocab(4, special, torch.arange(5, 1000))
+    attention = (ids != 0).long()
+    corrupted, labels = heads.mask_windows(ids, attention, vocab, torch.Generator().manual_seed(0))
+    expected = mask_batch(PackedBatch(ids, torch.ones_like(ids), attention), MaskingSpec(unit="token"),
+                          torch.Generator().manual_seed(0), vocab)
+    assert torch.equal(corrupted, expected.input_ids) and torch.equal(labels, expected.labels)
     chosen = labels != -100
-    assert not chosen[:, 0].any() and torch.equal(labels[chosen], ids[chosen])
-    assert abs(chosen.float().mean() / maskable.float().mean() - 0.15) < 0.01
-    masked = (corrupted == 4) & chosen
-    kept = (corrupted == ids) & chosen
-    assert abs(masked.sum() / chosen.sum() - 0.8) < 0.02
-    assert abs(kept.sum() / chosen.sum() - 0.1) < 0.02  # a random swap may hit the same id, rarely
-    assert torch.equal(corrupted[~chosen], ids[~chosen])
+    assert not chosen[:, 0].any() and not chosen[:32, 30:].any()  # never a special, never padding
+    assert abs(int(chosen[32:].sum()) - 0.15 * 32 * 39) <= 32  # the rate is per row of maskable tokens
 
 
 def test_student_gets_the_fitted_head_through_the_alignment(tmp_path):

@@ -19,7 +19,9 @@ from typing import Iterable
 
 import torch
 
+from engine.curriculum.masking import MaskingSpec, MaskingVocab, mask_batch
 from engine.distill.errors import DistillError
+from engine.shards.reader import PackedBatch
 
 HEAD_KEYS = ("cls.predictions.transform.dense.weight", "cls.predictions.transform.dense.bias",
              "cls.predictions.transform.LayerNorm.weight", "cls.predictions.transform.LayerNorm.bias",
@@ -57,26 +59,14 @@ def text_windows(tokenizer, texts: Iterable[str], max_tokens: int, count: int, p
     return windows
 
 
-def mask_tokens(ids: torch.Tensor, maskable: torch.Tensor, generator: torch.Generator, mask_id: int,
-                replacement_ids: torch.Tensor, rate: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT masking of a padded batch: (corrupted ids, labels with -100 where not predicted).
-
-    Each maskable token is chosen with probability `rate`; a chosen token becomes [MASK] (80 %),
-    a random non-special token (10 %) or stays (10 %). A row with maskable tokens but no chosen one
-    gets its first maskable token chosen, so every row contributes a target.
-    """
-    chosen = (torch.rand(ids.shape, generator=generator) < rate) & maskable
-    empty = ~chosen.any(1) & maskable.any(1)
-    first = maskable.float().argmax(1)
-    chosen[empty, first[empty]] = True
-    action = torch.rand(ids.shape, generator=generator)
-    random_pick = replacement_ids[torch.randint(len(replacement_ids), ids.shape, generator=generator)]
-    corrupted = ids.clone()
-    corrupted[chosen & (action < 0.8)] = mask_id
-    swap = chosen & (action >= 0.8) & (action < 0.9)
-    corrupted[swap] = random_pick[swap]
-    labels = torch.where(chosen, ids, torch.full_like(ids, -100))
-    return corrupted, labels
+def mask_windows(ids: torch.Tensor, attention: torch.Tensor, vocab: MaskingVocab,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pre-training's own token masking (engine.curriculum.masking, 15 %, 80/10/10) on a padded batch
+    of windows: (corrupted ids, labels with -100 where not predicted). Padding counts as segment 0,
+    so it is never chosen, exactly as in packed rows."""
+    batch = PackedBatch(ids, torch.ones_like(ids), attention)
+    masked = mask_batch(batch, MaskingSpec(unit="token"), generator, vocab)
+    return masked.input_ids, masked.labels
 
 
 class TiedHead(torch.nn.Module):
@@ -124,7 +114,7 @@ def fit_mlm_head(teacher, windows: list[list[int]], encoded: int, steps: int, ba
     vocab_size = len(teacher.tokens)
     special = torch.zeros(vocab_size, dtype=torch.bool)
     special[torch.tensor(sorted(set(tokenizer.all_special_ids)))] = True
-    replacement_ids = (~special).nonzero().flatten()
+    vocab = MaskingVocab(mask_id=tokenizer.mask_token_id, special_lut=special, replacement_ids=(~special).nonzero().flatten())
     pad_id = tokenizer.pad_token_id
     encoder.to(device).eval()
     for parameter in encoder.parameters():
@@ -140,8 +130,7 @@ def fit_mlm_head(teacher, windows: list[list[int]], encoded: int, steps: int, ba
             for i, r in enumerate(part):
                 ids[i, :len(r)] = torch.tensor(r)
             attention = (ids != pad_id).long()
-            corrupted, targets = mask_tokens(ids, ~special[ids] & attention.bool(), generator,
-                                             tokenizer.mask_token_id, replacement_ids)
+            corrupted, targets = mask_windows(ids, attention, vocab, generator)
             with torch.no_grad():
                 hidden = encoder(input_ids=corrupted.to(device), attention_mask=attention.to(device)).last_hidden_state
             where = targets != -100
