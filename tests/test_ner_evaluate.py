@@ -10,6 +10,7 @@ import torch
 from engine.corpus.demo import write_demo_ner
 from engine.evaluate_ner import main
 from engine.ner.conll import read_conll
+from engine.ner.finetune import FinetuneConfig, resolve_recipe
 from tests.tiny_model import write_tiny_bert
 
 QUICK = ["--epochs", "4", "--lr", "1e-2", "--batch-size", "8"]
@@ -64,10 +65,24 @@ def test_model_selection_keeps_the_best_devel_epoch(two_seeds):
 
 
 @pytest.mark.slow
-def test_presets_fill_what_the_command_line_leaves_open(setup, two_seeds):
+def test_command_line_values_win_over_the_preset_in_the_written_unit(setup, two_seeds):
     recipe = _unit(two_seeds, 1)["recipe"]
     assert (recipe["lr"], recipe["epochs"], recipe["batch_size"]) == (1e-2, 4, 8)
     assert recipe["max_length"] == 128  # 512 requested by default, capped at the tiny model's positions
+
+
+@pytest.mark.parametrize("task, lr, epochs, batch_size", [
+    ("jnlpba", 1e-5, 5, 16), ("BC2GM", 6e-5, 50, 32), ("bc5cdr-disease", 5e-5, 8, 16),
+    ("my-own-task", 5e-5, 20, 32),  # outside BLURB: the default recipe
+])
+def test_presets_fill_what_the_command_line_leaves_open(task, lr, epochs, batch_size):
+    cpu = {"device": "cpu"}
+    full = resolve_recipe(FinetuneConfig(**cpu), task, model_max_positions=512)
+    assert (full.lr, full.epochs, full.batch_size) == (lr, epochs, batch_size)
+    partial = resolve_recipe(FinetuneConfig(epochs=2, **cpu), task, model_max_positions=512)
+    assert (partial.lr, partial.epochs, partial.batch_size) == (lr, 2, batch_size)
+    overridden = resolve_recipe(FinetuneConfig(lr=1e-3, batch_size=4, **cpu), task, model_max_positions=512)
+    assert (overridden.lr, overridden.epochs, overridden.batch_size) == (1e-3, epochs, 4)
 
 
 @pytest.mark.slow

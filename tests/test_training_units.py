@@ -162,13 +162,34 @@ def test_resume_drops_metric_records_past_the_checkpoint(tmp_path):
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3, 4]
 
 
-def test_plot_draws_loss_and_throughput_png(tmp_path):
+def test_plot_draws_every_series_of_the_metrics_file(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    saved = []
+    original = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (saved.append(fig), original(fig, *a, **k))[1])
     path = tmp_path / "metrics.jsonl"
-    records = [{"kind": "train", "step": s, "loss": 7 - s / 10, "tokens_per_s": 1000.0 + s} for s in range(1, 20)]
-    records += [{"kind": "valid", "step": 10, "loss": 6.0}, {"kind": "phase", "step": 5, "phase": 1}]
+    train = [{"kind": "train", "step": s, "loss": 7 - s / 10, "tokens_per_s": 1000.0 + s} for s in range(1, 20)]
+    records = train + [{"kind": "valid", "step": 10, "loss": 6.0}, {"kind": "valid", "step": 19, "loss": 5.5},
+                       {"kind": "phase", "step": 5, "phase": 1}]
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     out = plot_metrics(path, tmp_path / "curves.png")
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    (fig,) = saved
+    ax_loss, ax_speed = fig.axes
+    series = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax_loss.lines}
+    assert series["train MLM loss"] == ([r["step"] for r in train], [r["loss"] for r in train])
+    assert series["validation MLM loss"] == ([10, 19], [6.0, 5.5])
+    speed = [line for line in ax_speed.lines if list(line.get_xdata()) != [5, 5]]
+    assert [list(line.get_ydata()) for line in speed] == [[r["tokens_per_s"] for r in train]]
+    for ax in (ax_loss, ax_speed):  # the phase change is marked on both panels
+        assert any(list(line.get_xdata()) == [5, 5] for line in ax.lines)
+    assert (ax_loss.get_ylabel(), ax_speed.get_ylabel(), ax_speed.get_xlabel()) == \
+        ("loss", "non-pad tokens/s", "optimizer step")
+    header = out.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")) == (880, 770)  # 8x7 in at 110 dpi
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "metrics.jsonl"]
 
 
 def test_plot_without_train_records_is_an_error(tmp_path):
