@@ -103,7 +103,31 @@ def test_report_has_mean_and_std_over_seeds_beside_published_numbers(two_seeds):
     assert stat["std"] == pytest.approx(abs(f1s[0] - f1s[1]) / 2 ** 0.5)
     table = (two_seeds / "results.md").read_text()
     assert "89.54" in table and "87.82" in table and f"{stat['mean']:.2f} ± {stat['std']:.2f}" in table
-    assert (two_seeds / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (two_seeds / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # its content: next test
+
+
+def test_bar_chart_draws_our_mean_and_std_beside_each_published_model(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from engine.ner.report import bar_chart
+
+    saved = []
+    original = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (saved.append(fig), original(fig, *a, **k))[1])
+    summary = {"ncbi-disease": {"test_f1": {"mean": 61.5, "std": 2.5},
+                                "published": {"BIOptimus v0.4": 89.54, "PubMedBERT": 87.82}},
+               "jnlpba": {"test_f1": {"mean": 40.0, "std": 1.0},
+                          "published": {"BIOptimus v0.4": 79.46, "PubMedBERT": None}}}
+    bar_chart(tmp_path / "results.png", summary, "runs/export/hf")
+
+    (ax,) = saved[0].axes
+    heights = {c.get_label(): [round(b.get_height(), 2) for b in c] for c in ax.containers if hasattr(c, "patches")}
+    assert heights == {"ours": [61.5, 40.0], "BIOptimus v0.4": [89.54, 79.46], "PubMedBERT": [87.82, 0.0]}
+    ours = next(c for c in ax.containers if c.get_label() == "ours")
+    assert [round(float(s[1][1] - s[0][1]) / 2, 2) for s in ours.errorbar.lines[2][0].get_segments()] == [2.5, 1.0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["ncbi-disease", "jnlpba"]
+    assert ax.get_title() == "NER (BLURB protocol): hf"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.png"]
 
 
 @pytest.mark.slow
