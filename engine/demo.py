@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         py, "engine/evaluate_ner.py", "--model", str(out / "hf"), "--data", str(out / "ner_data"),
         "--seeds", "1", "--epochs", str(args.ner_epochs), "--out", str(out / "ner")], timings)
 
-    (out / "demo_timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    engine_io.atomic_write_text(out / "demo_timings.json", json.dumps(timings, indent=2) + "\n")
     print("\n=== done: stage wall times (s)")
     for name, seconds in timings.items():
         print(f"  {name:28s} {seconds:8.1f}")
