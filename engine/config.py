@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -16,6 +17,41 @@ from typing import Any, Literal, get_args, get_origin
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the dataclass schema."""
+
+
+def _finite(value: Any, where: str, expected: str) -> float:
+    """`value` as a float; nan and inf are refused because every `> 0` / range check lets nan through."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected {expected}, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: expected {expected}, got {value!r}")
+    return number
+
+
+def _parse_json(text: str, where: str, expected: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where}: expected {expected} in JSON, cannot parse {text!r} ({exc.msg})") from None
+
+
+def _convert_sequence(value: Any, tp: Any, where: str) -> list | tuple:
+    """A list (`a,b` or JSON `[...]` on the command line) or a tuple, whose fixed length is checked here."""
+    origin, args = get_origin(tp), get_args(tp)
+    if isinstance(value, str):
+        text = value.strip()
+        value = _parse_json(text, where, "a list") if text.startswith("[") else [v for v in text.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list, got {value!r}")
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)} ({value!r})")
+        return tuple(_convert(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, args)))
+    item_tp = args[0] if args else Any
+    items = [_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    return items if origin is list else tuple(items)
 
 
 def _convert(value: Any, tp: Any, where: str) -> Any:
@@ -43,16 +79,10 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"{where}: cannot parse {value!r}")
     if origin in (list, tuple):
-        (item_tp, *_) = get_args(tp) or (Any,)
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v.strip()] if not value.startswith("[") else json.loads(value)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        items = [_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
-        return items if origin is list else tuple(items)
+        return _convert_sequence(value, tp, where)
     if origin is dict:
         if isinstance(value, str):
-            value = json.loads(value)
+            value = _parse_json(value, where, "a table")
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table, got {value!r}")
         return dict(value)
@@ -71,18 +101,18 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if tp is int:
         if isinstance(value, bool):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        try:
-            as_float = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value)  # exact, even beyond float precision (seeds)
+        as_float = _finite(value, where, "an integer")
         if as_float != int(as_float):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return int(as_float)
     if tp is float:
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return _finite(value, where, "a finite number")
     if tp is str:
         return str(value)
     if tp is Path:
@@ -98,6 +128,12 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
     if unknown:
         prefix = f"{where}." if where else ""
         raise ConfigError(f"unknown config key {prefix}{unknown[0]} (known: {', '.join(sorted(names))})")
+    required = [f.name for f in dataclasses.fields(cls) if f.init and f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in data]
+    if missing:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"missing required option --{prefix}{missing[0]}")
     kwargs = {}
     for name, value in data.items():
         key = f"{where}.{name}" if where else name
@@ -107,7 +143,7 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
     except ConfigError:
         raise
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{where or cls.__name__}: {exc}") from None
+        raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
 
 
 def to_dict(config: Any) -> dict:
@@ -140,6 +176,17 @@ def read_config_file(path: str | Path) -> dict:
     raise ConfigError(f"{path}: config files must be .toml or .json")
 
 
+def set_dotted(data: dict, dotted: str, value: Any) -> None:
+    """Set `data[a][b][c] = value` for `dotted` = "a.b.c", creating sections; a value in the way is an error."""
+    node = data
+    *parents, leaf = dotted.split(".")
+    for depth, part in enumerate(parents):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {'.'.join(parents[:depth + 1])} is a value, not a section")
+    node[leaf] = value
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply `section.key=value` (or `--section.key=value`) strings onto a nested dict copy."""
     data = json.loads(json.dumps(data))
@@ -148,13 +195,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if "=" not in text:
             raise ConfigError(f"override {item!r} must look like --section.key=value")
         dotted, value = text.split("=", 1)
-        node = data
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part} is not a section")
-        node[leaf] = value
+        set_dotted(data, dotted, value)
     return data
 
 

@@ -17,34 +17,38 @@ student inherits whatever the method.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
-from engine.config import ConfigError, apply_overrides
+from engine.cli import CONFIG_FILE, Flag, parse_config, print_config, save_config
+from engine.config import ConfigError
 from engine.distill import DistillError
-from engine.distill.pipeline import METHODS, config_from_args, run
+from engine.distill.pipeline import DistillConfig, run
+
+
+@dataclass
+class DistillInitConfig:
+    """What `engine/distill_init.py` reads: one `[distill]` section (engine.distill.pipeline.DistillConfig)."""
+
+    distill: DistillConfig  # teacher, new vocabulary, corpus, output folder and how new rows are made
+
+
+FLAGS = [Flag(f"--{name}", f"distill.{name}") for name in ("teacher", "vocab", "corpus", "out", "method")]
+
+
+def parse_args(argv: list[str] | None) -> DistillInitConfig:
+    return parse_config(DistillInitConfig, argv, __doc__, FLAGS)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", required=True, help="teacher HF folder (config.json, model.safetensors, tokenizer)")
-    parser.add_argument("--vocab", required=True, help="new vocabulary: vocab.txt or a tokenizer folder")
-    parser.add_argument("--corpus", required=True, help="text corpus: .txt folder, .jsonl, PubMed .xml")
-    parser.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
-    parser.add_argument("--method", choices=METHODS, default=None, help="init of the new rows (default fvt, see docs/distill_init.md)")
-    args, extra = parser.parse_known_args(argv)
+    config = parse_args(argv)
+    print_config(config, "distill_init")
     try:
-        unknown = [x for x in extra if not x.startswith("--distill.")]
-        if unknown:
-            raise DistillError(f"unknown argument {unknown[0]} (fields are set as --distill.<field>=value)")
-        values = apply_overrides({}, [x.removeprefix("--distill.") for x in extra])
-        values.update({k: v for k, v in vars(args).items() if v is not None})
-        config = config_from_args(values)
-        print(json.dumps({"distill": {k: str(v) for k, v in vars(config).items()}}))
-        run(config)
+        run(config.distill)
     except (DistillError, ConfigError) as exc:
         sys.exit(f"error: {exc}")
+    save_config(config, Path(config.distill.out) / CONFIG_FILE)
     return 0
 
 

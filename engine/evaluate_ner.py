@@ -12,56 +12,65 @@ A DeepSpeed checkpoint must be exported first: python engine/export_hf.py CKPT O
 """
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from engine.config import ConfigError, apply_overrides, from_dict, to_dict
+from engine.cli import CONFIG_FILE, Flag, parse_config, print_config, save_config
+from engine.config import ConfigError
 from engine.ner.errors import NerError
+from engine.ner.finetune import FinetuneConfig
 
 
-def _seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds must be comma-separated integers, got {text!r}") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"--seeds must list distinct integers, got {text!r}")
-    return seeds
+@dataclass
+class EvaluateConfig:
+    """What `engine/evaluate_ner.py` reads: model, tasks and seeds, and the `[finetune]` settings."""
+
+    model: str  # HF BERT folder (config, weights, tokenizer)
+    data: str  # folder holding <TASK>/{train,devel,test}.tsv
+    out: str  # output folder
+    tasks: list[str] = field(default_factory=list)  # task folders, comma-separated (default: all under data)
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])  # fine-tuning seeds, comma-separated
+    scheme: Literal["auto", "iob2", "iob1"] = "auto"  # tag scheme of the input files
+    repair_iob: bool = False  # turn an I-X that starts an entity into B-X (warn)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # fine-tuning; None values = task preset
+
+    def __post_init__(self):
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must list distinct integers, got {self.seeds}")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="HF BERT folder (config, weights, tokenizer)")
-    parser.add_argument("--data", required=True, help="folder holding <TASK>/{train,devel,test}.tsv")
-    parser.add_argument("--tasks", default=None, help="comma-separated task folders (default: all under --data)")
-    parser.add_argument("--seeds", type=_seeds, default=[1, 2, 3], help="comma-separated seeds (default 1,2,3)")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--epochs", type=int, help="override the task preset")
-    parser.add_argument("--lr", type=float, help="override the task preset")
-    parser.add_argument("--batch-size", type=int, help="override the task preset")
-    parser.add_argument("--max-length", type=int, help="pieces per window (default 512, capped by the model)")
-    parser.add_argument("--max-train-sentences", type=int, help="quick runs: first N train sentences only")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
-    parser.add_argument("--scheme", choices=["auto", "iob2", "iob1"], default="auto", help="tag scheme of the input files")
-    parser.add_argument("--repair-iob", action="store_true", help="turn an I-X that starts an entity into B-X (warn)")
-    return parser
+@dataclass
+class MergeConfig:
+    """What `engine/evaluate_ner.py merge` reads."""
+
+    folders: list[str]  # folders holding unit result.json files (searched recursively)
+    out: str  # folder for results.{json,md,png}
 
 
-def _finetune_config(args: argparse.Namespace, overrides: list[str]):
-    from engine.ner.finetune import FinetuneConfig
-    flags = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "max_length": args.max_length,
-             "max_train_sentences": args.max_train_sentences, "device": args.device}
-    data = {"finetune": {k: v for k, v in flags.items() if v is not None}}
-    for item in overrides:
-        if not item.startswith("--finetune."):
-            raise ConfigError(f"unknown option {item} (fine-tuning settings are --finetune.<field>=value)")
-    return from_dict(FinetuneConfig, apply_overrides(data, overrides)["finetune"], "finetune")
+FLAGS = [
+    Flag("--epochs", "finetune.epochs"),
+    Flag("--lr", "finetune.lr"),
+    Flag("--batch-size", "finetune.batch_size"),
+    Flag("--max-length", "finetune.max_length"),
+    Flag("--max-train-sentences", "finetune.max_train_sentences"),
+    Flag("--device", "finetune.device"),
+    Flag("--repair-iob", "repair_iob", value=True),
+]
 
 
-def evaluate(argv: list[str]) -> int:
-    args, overrides = _parser().parse_known_args(argv)
-    config = _finetune_config(args, overrides)
+def parse_args(argv: list[str] | None) -> EvaluateConfig | MergeConfig:
+    """`merge FOLDER... --out OUT` gives a MergeConfig; anything else an EvaluateConfig."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["merge"]:
+        return parse_config(MergeConfig, argv[1:], "Merge unit results into one report.", positionals=["folders"],
+                            prog="evaluate_ner.py merge")
+    return parse_config(EvaluateConfig, argv, __doc__, FLAGS)
+
+
+def evaluate(config: EvaluateConfig) -> int:
+    print_config(config, "evaluate_ner")
     from engine.io import resolve_device
     from engine.ner.model_io import check_model_folder, load_tokenizer
     from engine.ner.report import write_report
@@ -69,36 +78,35 @@ def evaluate(argv: list[str]) -> int:
     from engine.ner.unit import run_unit
 
     # Check everything (model folder, tokenizer, every data file) before writing anything.
-    model_dir = check_model_folder(args.model)
+    model_dir = check_model_folder(config.model)
     tokenizer = load_tokenizer(model_dir)
-    resolve_device(config.device, NerError)
-    names = [t.strip().lower() for t in args.tasks.split(",") if t.strip()] if args.tasks else available_tasks(args.data)
+    resolve_device(config.finetune.device, NerError)
+    names = [t.strip().lower() for t in config.tasks if t.strip()] or available_tasks(config.data)
     names = list(dict.fromkeys(names))
-    tasks = [load_task(args.data, name, args.scheme, args.repair_iob, config.max_train_sentences) for name in names]
-    print(f"model {model_dir}; tasks {', '.join(names)}; seeds {args.seeds}; finetune {to_dict(config)}", flush=True)
-    units = [run_unit(model_dir, tokenizer, task, seed, config, args.out, log=lambda m: print(m, flush=True))
-             for task in tasks for seed in args.seeds]
-    write_report(args.out, units)
-    print(f"report: {Path(args.out) / 'results.md'}", flush=True)
+    tasks = [load_task(config.data, name, config.scheme, config.repair_iob, config.finetune.max_train_sentences)
+             for name in names]
+    print(f"model {model_dir}; tasks {', '.join(names)}; seeds {config.seeds}", flush=True)
+    units = [run_unit(model_dir, tokenizer, task, seed, config.finetune, config.out, log=lambda m: print(m, flush=True))
+             for task in tasks for seed in config.seeds]
+    write_report(config.out, units)
+    save_config(config, Path(config.out) / CONFIG_FILE)
+    print(f"report: {Path(config.out) / 'results.md'}", flush=True)
     return 0
 
 
-def merge(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="evaluate_ner.py merge", description="merge unit results into one report")
-    parser.add_argument("folders", nargs="+", help="folders holding unit result.json files (searched recursively)")
-    parser.add_argument("--out", required=True, help="folder for results.{json,md,png}")
-    args = parser.parse_args(argv)
+def merge(config: MergeConfig) -> int:
     from engine.ner.report import find_unit_results, write_report
-    units = find_unit_results(args.folders)
-    write_report(args.out, units)
-    print(f"merged {len(units)} units → {Path(args.out) / 'results.md'}", flush=True)
+    units = find_unit_results(config.folders)
+    write_report(config.out, units)
+    save_config(config, Path(config.out) / CONFIG_FILE)
+    print(f"merged {len(units)} units → {Path(config.out) / 'results.md'}", flush=True)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    config = parse_args(argv)
     try:
-        return merge(argv[1:]) if argv[:1] == ["merge"] else evaluate(argv)
+        return merge(config) if isinstance(config, MergeConfig) else evaluate(config)
     except (NerError, ConfigError, FloatingPointError) as exc:
         sys.exit(f"error: {exc}")
 

@@ -9,27 +9,39 @@ starts from it with `--model.init_from=FOLDER`.
 """
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+from engine.cli import CONFIG_FILE, parse_config, print_config, save_config
+
+
+@dataclass
+class ExportConfig:
+    """What `engine/export_hf.py` reads (CHECKPOINT and OUT may be given bare, in that order)."""
+
+    checkpoint: Path  # checkpoint folder (newest complete tag is used) or one tag folder
+    out: Path  # HF folder to write
+    tokenizer: Path | None = None  # folder with tokenizer.json/vocab.txt (default: the run's shard folder)
+    overwrite: bool = False  # replace an existing non-empty out
+
+
+def parse_args(argv: list[str] | None) -> ExportConfig:
+    return parse_config(ExportConfig, argv, __doc__, positionals=["checkpoint", "out"])
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", type=Path, help="checkpoint folder (newest complete tag is used) or one tag folder")
-    parser.add_argument("out", type=Path, help="HF folder to write")
-    parser.add_argument("--tokenizer", type=Path, default=None, help="folder with tokenizer.json/vocab.txt "
-                        "(default: the run's shard folder, from the checkpoint)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty OUT")
-    args = parser.parse_args(argv)
+    config = parse_args(argv)
+    print_config(config, "export_hf")
     from engine.bert.hf_io import HFFolderError
     from engine.training.checkpoints import CheckpointError
     from engine.training.export import export_checkpoint
 
     try:
-        print(export_checkpoint(args.checkpoint, args.out, args.tokenizer, args.overwrite))
+        print(export_checkpoint(config.checkpoint, config.out, config.tokenizer, config.overwrite))
     except (CheckpointError, HFFolderError) as exc:
         sys.exit(f"error: {exc}")
+    save_config(config, config.out / CONFIG_FILE)
     return 0
 
 

@@ -12,49 +12,61 @@ baseline XML (.xml/.xml.gz). The output folder holds manifest.json, tokenizer.js
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from tqdm import tqdm
 
-from engine.config import ConfigError, from_dict
+from engine.cli import CONFIG_FILE, Flag, parse_config, print_config, save_config
+from engine.config import ConfigError
 from engine.corpus.readers import FORMATS, CorpusError, corpus_files, iter_documents
 from engine.shards.build import ShardOptions, build_shards, check_destination
 from engine.shards.manifest import ShardError
 from engine.shards.vocab import VocabError, read_vocab_file, train_vocab
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", required=True, type=Path,
-                        help="corpus file or folder (.txt files, .jsonl[.gz], PubMed .xml[.gz])")
-    parser.add_argument("--format", default="auto", choices=FORMATS,
-                        help="corpus format; auto decides per file from its name (default: auto)")
-    parser.add_argument("--out", required=True, type=Path,
-                        help="output shard folder (built in a temporary folder, renamed at the end)")
-    vocab = parser.add_mutually_exclusive_group(required=True)
-    vocab.add_argument("--vocab", type=Path, help="existing WordPiece vocab.txt to adopt (one token per line)")
-    vocab.add_argument("--vocab-size", type=int, help="train a WordPiece vocabulary of this size on the corpus")
-    parser.add_argument("--min-frequency", type=int, default=2,
-                        help="vocabulary training: least count of a merged pair (default: 2)")
-    parser.add_argument("--seq-len", type=int, nargs="+", default=[128],
-                        help="sequence length(s); one packed set per length (default: 128)")
-    parser.add_argument("--valid-fraction", type=float, default=0.01,
-                        help="share of documents held out for validation, by hash of id (default: 0.01)")
-    parser.add_argument("--cased", action="store_true",
-                        help="keep case and accents (cased vocabulary); default lower-cases as BERT uncased")
-    parser.add_argument("--pack-buffer", type=int, default=4096,
-                        help="segments buffered for best-fit packing; more = fuller rows, more memory (default: 4096)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count(),
-                        help="tokenizer threads (default: all cores); does not change the output")
-    parser.add_argument("--batch-documents", type=int, default=64,
-                        help="documents per tokenizer call (default: 64); does not change the output")
-    parser.add_argument("--overwrite", action="store_true", help="replace different shards already in --out")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser.parse_args(argv)
+@dataclass
+class PrepareConfig:
+    """What `engine/prepare_data.py` reads: corpus, vocabulary source, shard options, throughput knobs."""
+
+    corpus: Path  # corpus file or folder (.txt files, .jsonl[.gz], PubMed .xml[.gz])
+    out: Path  # output shard folder (built in a temporary folder, renamed at the end)
+    format: Literal[FORMATS] = "auto"  # corpus format; auto decides per file from its name
+    vocab: Path | None = None  # existing WordPiece vocab.txt to adopt (one token per line)
+    vocab_size: int | None = None  # train a WordPiece vocabulary of this size on the corpus
+    min_frequency: int = 2  # vocabulary training: least count of a merged pair
+    shards: ShardOptions = field(default_factory=ShardOptions)  # what shapes the shard files (kept in the manifest)
+    workers: int = field(default_factory=os.cpu_count)  # tokenizer threads; does not change the output
+    batch_documents: int = 64  # documents per tokenizer call; does not change the output
+    overwrite: bool = False  # replace different shards already in out
+    quiet: bool = False  # no progress bar
+
+    def __post_init__(self):
+        if (self.vocab is None) == (self.vocab_size is None):
+            raise ValueError("give exactly one of --vocab (adopt a vocab.txt) and --vocab-size (train one)")
+        for name in ("vocab_size", "min_frequency", "workers", "batch_documents"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+
+
+FLAGS = [
+    Flag("--vocab-size", "vocab_size"),
+    Flag("--min-frequency", "min_frequency"),
+    Flag("--seq-len", "shards.seq_lens", many=True),
+    Flag("--valid-fraction", "shards.valid_fraction"),
+    Flag("--cased", "shards.lowercase", value=False),
+    Flag("--pack-buffer", "shards.pack_buffer"),
+    Flag("--batch-documents", "batch_documents"),
+]
+
+
+def parse_args(argv: list[str] | None) -> PrepareConfig:
+    return parse_config(PrepareConfig, argv, __doc__, FLAGS)
 
 
 def make_progress(corpus: Path, fmt: str, quiet: bool):
@@ -87,31 +99,29 @@ def print_summary(result, out: Path, elapsed: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    config = parse_args(argv)
     start = time.perf_counter()
+    print_config(config, "prepare_data")
     try:
-        options = from_dict(ShardOptions, {"seq_lens": args.seq_len, "valid_fraction": args.valid_fraction,
-                                           "lowercase": not args.cased, "pack_buffer": args.pack_buffer})
-        if args.workers < 1:
-            raise ConfigError(f"--workers must be at least 1, got {args.workers}")
-        corpus_files(args.corpus, args.format)
-        check_destination(args.out, None, options, args.overwrite)
-        if args.vocab is not None:
-            tokenizer = read_vocab_file(args.vocab, options.lowercase)
+        corpus_files(config.corpus, config.format)
+        check_destination(config.out, None, config.shards, config.overwrite)
+        if config.vocab is not None:
+            tokenizer = read_vocab_file(config.vocab, config.shards.lowercase)
         else:
-            if not args.quiet:
-                print(f"training a {args.vocab_size:,}-entry WordPiece vocabulary on {args.corpus}", file=sys.stderr)
-            tokenizer = train_vocab((text for _, text in iter_documents(args.corpus, args.format)),
-                                    args.vocab_size, options.lowercase, args.min_frequency)
-        bar, on_file_done, on_batch = make_progress(args.corpus, args.format, args.quiet)
+            if not config.quiet:
+                print(f"training a {config.vocab_size:,}-entry WordPiece vocabulary on {config.corpus}", file=sys.stderr)
+            tokenizer = train_vocab((text for _, text in iter_documents(config.corpus, config.format)),
+                                    config.vocab_size, config.shards.lowercase, config.min_frequency)
+        bar, on_file_done, on_batch = make_progress(config.corpus, config.format, config.quiet)
         with bar:
-            documents = iter_documents(args.corpus, args.format, on_file_done=on_file_done)
-            result = build_shards(documents, args.out, tokenizer, options, workers=args.workers,
-                                  overwrite=args.overwrite, batch_documents=args.batch_documents,
+            documents = iter_documents(config.corpus, config.format, on_file_done=on_file_done)
+            result = build_shards(documents, config.out, tokenizer, config.shards, workers=config.workers,
+                                  overwrite=config.overwrite, batch_documents=config.batch_documents,
                                   progress=on_batch)
     except (CorpusError, VocabError, ShardError, ConfigError) as exc:
         sys.exit(f"error: {exc}")
-    print_summary(result, args.out, time.perf_counter() - start)
+    save_config(config, config.out / CONFIG_FILE)
+    print_summary(result, config.out, time.perf_counter() - start)
     return 0
 
 

@@ -19,36 +19,36 @@ ZeRO config that does not fit the world size) stops with one `error:` line befor
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-from engine.config import ConfigError, load_config
+from engine.cli import Flag, parse_command
+from engine.config import ConfigError
+
+FLAGS = [
+    Flag("--resume", "resume", extra=True,
+         help="'auto' = newest complete checkpoint of this run (fresh start if none), or a checkpoint path"),
+    Flag("--local_rank", "local_rank", extra=True, help="set by the deepspeed launcher; ranks come from the environment"),
+]
 
 
-def parse_args(argv: list[str] | None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="run config (.toml or .json); see configs/")
-    parser.add_argument("--resume", default=None,
-                        help="'auto' = newest complete checkpoint of this run (fresh start if none), "
-                             "or a checkpoint path")
-    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
-    return parser.parse_known_args(argv)
+def parse_args(argv: list[str] | None) -> tuple:
+    """(PretrainConfig, {"resume": ..., "local_rank": ...}); a bad option exits 2 with one line."""
+    from engine.training.config import PretrainConfig
+    return parse_command(PretrainConfig, argv, __doc__, FLAGS)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, overrides = parse_args(argv)
+    config, extras = parse_args(argv)
     from engine.bert.hf_io import HFFolderError
     from engine.shards import ShardError
     from engine.training.checkpoints import CheckpointError
-    from engine.training.config import PretrainConfig
     from engine.training.setup import dist_from_env, init_distributed, prepare_run, shutdown_distributed
     from engine.training.trainer import Trainer
 
     bad_input = (ConfigError, CheckpointError, ShardError, HFFolderError)
     try:
-        config = load_config(PretrainConfig, args.config, overrides)
         dist = dist_from_env()
-        plan = prepare_run(config, dist, args.resume)
+        plan = prepare_run(config, dist, extras["resume"])
     except bad_input as exc:
         sys.exit(f"error: {exc}")
     trainer = None

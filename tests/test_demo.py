@@ -24,5 +24,10 @@ def test_demo_runs_every_stage_and_leaves_its_outputs(tmp_path):
     results = json.loads((out / "ner" / "results.json").read_text())
     assert results, "the NER report is empty"
     timings = json.loads((out / "demo_timings.json").read_text())
+    for saved in ("resolved_config.json", "shards/resolved_config.json", "init/resolved_config.json",
+                  "pretrain/resolved_config.json", "hf/resolved_config.json", "curves.config.json",
+                  "ner/resolved_config.json"):
+        assert json.loads((out / saved).read_text()), f"{saved}: each stage keeps its resolved config"
+    assert json.loads((out / "pretrain" / "resolved_config.json").read_text())["steps"] == 8
     assert list(timings) == ["vocabulary + packed shards", "distillation init", "curriculum pre-training",
                              "export to Hugging Face", "loss curves", "NER evaluation"]

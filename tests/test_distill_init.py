@@ -218,6 +218,8 @@ def test_same_seed_gives_identical_weights_across_processes(inputs, tmp_path):
                         "--corpus", str(corpus), "--out", str(out), "--method", "distill", "--distill.device=cpu"],
                        check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": hash_seed})
         outputs.append(load_file(str(out / "model.safetensors")))
+        saved = json.loads((out / "resolved_config.json").read_text())["distill"]
+        assert (saved["method"], saved["device"], saved["teacher"]) == ("distill", "cpu", str(teacher))
     assert outputs[0].keys() == outputs[1].keys()
     for name in outputs[0]:
         assert torch.equal(outputs[0][name], outputs[1][name]), name

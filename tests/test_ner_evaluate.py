@@ -57,6 +57,12 @@ def test_fine_tuning_the_tiny_model_learns_the_demo_entities(two_seeds):
 
 
 @pytest.mark.slow
+def test_resolved_config_is_saved_with_the_report(two_seeds):
+    saved = json.loads((two_seeds / "resolved_config.json").read_text())
+    assert saved["seeds"] == [1, 2] and saved["out"] == str(two_seeds)
+    assert saved["finetune"]["epochs"] == int(QUICK[QUICK.index("--epochs") + 1])
+
+
 def test_model_selection_keeps_the_best_devel_epoch(two_seeds):
     unit = _unit(two_seeds, 2)
     f1s = [h["devel_f1"] for h in unit["recipe"]["history"]]
@@ -254,9 +260,14 @@ def test_deepspeed_checkpoint_is_refused_with_the_export_command(setup, tmp_path
     _refused(setup, tmp_path, model=ckpt, match=r"error: .*DeepSpeed checkpoint.*python engine/export_hf\.py")
 
 
-def test_unknown_option_is_refused(setup, tmp_path):
+def test_unknown_option_is_refused_with_usage_exit_status(setup, tmp_path, capsys):
     _copy_data(setup, tmp_path)
-    _refused(setup, tmp_path, "--finetune.learning_rate=1", match=r"error: unknown config key finetune\.learning_rate")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        main(["--model", str(setup[2]), "--data", str(tmp_path / "data"), "--out", str(out), "--finetune.learning_rate=1"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.startswith("error: unknown config key finetune.learning_rate")
+    assert not out.exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when no GPU is present")

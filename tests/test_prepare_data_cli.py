@@ -38,6 +38,8 @@ def test_builds_shards_and_prints_summary(corpus, tmp_path):
     assert "documents 120" in result.stdout and "packing efficiency" in result.stdout
     assert re.search(r"seq 64 train: [\d,]+ sequences", result.stdout)
     assert len(PackedShards(tmp_path / "out", "train", 128)) > 0
+    saved = json.loads((tmp_path / "out" / "resolved_config.json").read_text())
+    assert saved["shards"]["seq_lens"] == [64, 128] and saved["vocab_size"] == 500
 
 
 def test_help_documents_every_option():

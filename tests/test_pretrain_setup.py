@@ -53,9 +53,13 @@ def fails_cleanly(argv: list[str], out_dir: Path) -> str:
     return message
 
 
-def test_unknown_config_key_is_named(shards, tmp_path):
+def test_unknown_config_key_is_named_with_usage_exit_status(shards, tmp_path, capsys):
     out = tmp_path / "run"
-    assert "unknown config key optim.lrr" in fails_cleanly(args(shards, out, "--optim.lrr=1"), out)
+    with pytest.raises(SystemExit) as exc:
+        main(args(shards, out, "--optim.lrr=1"))
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.startswith("error: unknown config key optim.lrr")
+    assert not out.exists()
 
 
 def test_shards_with_another_vocabulary_size_are_refused(shards, tmp_path):

@@ -50,13 +50,13 @@ class DistillConfig:
     distill_epochs: int = 2  # passes over the contexts for `distill`
     distill_lr: float = 1e-3  # Adam learning rate for the new rows in `distill`
     distill_mlm_weight: float = 0.0  # `distill`: weight of the masked-token term (rows as prediction targets)
-    fit_head: str = "auto"  # fit an MLM head on the frozen teacher first: auto (when it has none), yes, no
+    fit_head: Literal[FIT_HEAD] = "auto"  # fit an MLM head on the frozen teacher first: auto (when it has none), yes, no
     head_steps: int = 150  # Adam steps of the head transform fit
     head_batch_positions: int = 1024  # masked positions per head-fit step
     head_lr: float = 5e-3  # Adam learning rate of the head transform fit
     head_windows: int = 512  # corpus windows (max_tokens each) run through the teacher for the transform fit
     head_bias_windows: int = 4000  # corpus windows (tokenized only) whose unigram counts give the head bias
-    new_token_bias: str = "pieces_min"  # decoder bias of new rows: pieces_min, unigram (corpus counts), pieces_mean, mean
+    new_token_bias: Literal[NEW_TOKEN_BIAS] = "pieces_min"  # decoder bias of new rows: pieces_min, unigram (corpus counts), pieces_mean, mean
     bias_docs: int = 500  # corpus documents counted (new tokenizer) for new_token_bias=unigram
     cache_dir: str = ""  # teacher-encoding and fitted-head cache; "" = .<out>.partial/cache (dropped at the end)
     seed: int = 0  # seeds random rows, the MLM head (fit and init) and the distill shuffle
