@@ -1,7 +1,8 @@
 """One distribution that installs the `engine` and `kernels` packages.
 
 `pip install -e .[dev]` is what `make demo` / `make test` run; the `bench` extra adds the
-baselines that the benchmarks compare against (HF `datasets`, `accelerate` for `Trainer`).
+baselines that the benchmarks compare against (HF `datasets`, `accelerate` for `Trainer`); the
+`triton` extra brings the fused kernels (GPU speed; on CPU only their interpreter-run tests need it).
 """
 from setuptools import find_packages, setup
 
@@ -28,5 +29,6 @@ setup(
         "dev": ["pytest>=8"],
         "bench": ["datasets==5.2.0", "accelerate==1.15.0"],
         "mpi": ["mpi4py>=4.0"],
+        "triton": ["triton>=3.2"],
     },
 )

@@ -1,9 +1,15 @@
-"""The one place that decides which implementation runs attention and LayerNorm.
+"""The one place that decides which implementation runs each op (attention, LayerNorm, ...).
 
-Backends: "reference" (torch ops; default), "fused" (Triton kernels of a later issue; none is
-installed yet, so forcing it raises), "auto" (fused where available and applicable, else reference).
-Force one with `set_backend(...)` (the trainer maps its config onto this) or the environment
-variable `BIOPTIMUS_KERNELS=reference|fused|auto`. Every distinct choice is logged once.
+Backends: "reference" (torch ops; default), "fused" (our Triton kernels; forcing it where no kernel
+applies, e.g. on a CPU or without Triton, raises `KernelUnavailableError` naming why), "auto" (the
+fused kernel where it applies on a CUDA device, else the reference). Choose with `set_backend(...)`
+(the trainer maps `[model] kernels` onto it) or the environment variable
+`BIOPTIMUS_KERNELS=reference|fused|auto`. Per op the choice depends on device, dtype and shape;
+every distinct choice is logged once (logger `kernels.dispatch`, level INFO).
+
+On the CPU the fused kernels run only under `TRITON_INTERPRET=1` (Triton's interpreter, thousands
+of times slower than torch: that is how the parity tests check them without a GPU), so there
+"auto" means the reference unless that variable is set.
 """
 from __future__ import annotations
 
@@ -22,11 +28,13 @@ from kernels.attention import (
     flash_varlen_available,
     sequence_grid,
 )
-from kernels.layer_norm import layer_norm_ref
+from kernels import layer_norm as ln
+from kernels.layer_norm import layer_norm_ref, residual_layer_norm_ref
+from kernels.triton_support import triton_runs_on, why_not_triton
 
 __all__ = [
     "AttentionGrid", "BACKENDS", "KernelUnavailableError", "attention", "attention_varlen",
-    "block_diagonal_grid", "get_backend", "layer_norm", "sequence_grid", "set_backend",
+    "block_diagonal_grid", "get_backend", "layer_norm", "residual_layer_norm", "sequence_grid", "set_backend",
 ]
 
 Backend = Literal["reference", "fused", "auto"]
@@ -73,17 +81,52 @@ def _log_once(op: str, choice: str) -> None:
         log.info("kernels: %s -> %s (backend=%s)", op, choice, _backend)
 
 
-def _no_fused(op: str) -> KernelUnavailableError:
+def _no_fused(op: str, why: str = "no fused kernel exists for it") -> KernelUnavailableError:
     return KernelUnavailableError(
-        f"kernel backend 'fused' was forced but no fused {op} kernel is installed; "
-        "use set_backend('reference') or 'auto'"
+        f"kernel backend 'fused' was forced but the fused {op} kernel cannot run: {why}; "
+        "use kernels = \"auto\" or \"reference\""
     )
+
+
+def _use_fused(op: str, x: torch.Tensor, applies: bool, why_not_applies: str) -> bool:
+    """Whether `op` runs its Triton kernel on `x`; raises where 'fused' is forced and it cannot."""
+    if _backend == "reference":
+        return False
+    runs = triton_runs_on(x)
+    if _backend == "fused":
+        if not runs:
+            raise _no_fused(op, why_not_triton(x))
+        if not applies:
+            raise _no_fused(op, why_not_applies)
+        return True
+    return runs and applies
+
+
+def residual_layer_norm(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    eps: float,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """`LayerNorm(dropout(x) + residual)` over the last dim: `x`, `residual` [..., N], `weight`,
+    `bias` [N]; `dropout_p` is applied as given (pass 0 in eval mode)."""
+    applies = ln.kernel_applies(x, residual, weight, bias)
+    why = f"{x.dtype} rows of {x.shape[-1]} with residual {None if residual is None else residual.dtype}"
+    if _use_fused("residual_layer_norm", x, applies, f"unsupported input ({why})"):
+        _log_once("residual_layer_norm", "triton residual_layer_norm")
+        return ln.residual_layer_norm(x, residual, weight, bias, eps, dropout_p)
+    _log_once("residual_layer_norm", "residual_layer_norm_ref (torch dropout + add + layer_norm)")
+    return residual_layer_norm_ref(x, residual, weight, bias, eps, dropout_p)
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
     """LayerNorm over the last dim of `x` [..., N] with `weight`, `bias` [N]."""
-    if _backend == "fused":
-        raise _no_fused("layer_norm")
+    applies = ln.kernel_applies(x, None, weight, bias)
+    if _use_fused("layer_norm", x, applies, f"unsupported input ({x.dtype} rows of {x.shape[-1]})"):
+        _log_once("layer_norm", "triton residual_layer_norm (no residual, no dropout)")
+        return ln.residual_layer_norm(x, None, weight, bias, eps)
     _log_once("layer_norm", "layer_norm_ref")
     return layer_norm_ref(x, weight, bias, eps)
 
@@ -98,7 +141,7 @@ def attention(
 ) -> torch.Tensor:
     """Padded attention: `q, k, v` [B, H, L, D], bool `attn_mask` (True = attend) -> [B, H, L, D]."""
     if _backend == "fused":
-        raise _no_fused("attention")
+        raise _no_fused("attention", "padded attention has no fused kernel (torch SDPA is the fast path)")
     _log_once("attention", "attention_ref (torch SDPA)")
     return attention_ref(q, k, v, attn_mask, dropout_p, scale)
 
@@ -117,7 +160,7 @@ def attention_varlen(
     [num_seqs + 1], python int `max_seqlen` -> (T, H, D). `grid` is an optional hint for the SDPA
     reference (see `kernels.attention.AttentionGrid`); kernels that need none ignore it."""
     if _backend == "fused":
-        raise _no_fused("varlen attention")
+        raise _no_fused("varlen attention", "not written yet (issue #12 item 3)")
     # torch's flash varlen kernel is a torch op (so still "reference"), but it has no dropout
     # and needs CUDA half precision; everything else repads and uses SDPA.
     if (

@@ -4,6 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+
+# Without a GPU the Triton kernels run in Triton's interpreter, which must be chosen before any
+# kernel is decorated (i.e. before `kernels` is imported); dispatch's "auto" stays off the CPU
+# unless a test asks for it, so only the kernel tests pay the interpreter's slowness.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from engine.io import shared_data_dir, teacher_folder
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from kernels import dispatch
 from kernels.attention import attention_varlen_ref, block_diagonal_grid, sequence_grid
+from tests.kernel_cases import DEVICE, requires_triton
 
 
 @pytest.fixture(autouse=True)
@@ -74,20 +75,47 @@ def test_layer_norm_dispatch_normalises_the_last_dimension():
     torch.testing.assert_close(out, standard * 2.0 + 0.5, rtol=1e-5, atol=1e-5)
 
 
-def test_forcing_fused_raises_because_no_fused_kernel_is_installed():
+def test_forcing_fused_without_triton_on_this_device_raises_with_the_reason(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
     dispatch.set_backend("fused")
     x = torch.randn(2, 4)
-    with pytest.raises(dispatch.KernelUnavailableError, match="no fused layer_norm kernel"):
+    with pytest.raises(dispatch.KernelUnavailableError, match="fused layer_norm kernel cannot run: .*cpu"):
         dispatch.layer_norm(x, torch.ones(4), torch.zeros(4), 1e-5)
+
+
+def test_forcing_fused_raises_for_ops_without_a_kernel_and_for_unsupported_dtypes(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    dispatch.set_backend("fused")
     q, k, v, cu = _varlen_inputs([2, 3])
-    with pytest.raises(dispatch.KernelUnavailableError, match="no fused varlen attention kernel"):
+    with pytest.raises(dispatch.KernelUnavailableError, match="fused varlen attention kernel cannot run"):
         dispatch.attention_varlen(q, k, v, cu, 3)
+    x = torch.randn(2, 4, dtype=torch.float64)
+    if dispatch.triton_runs_on(x):
+        with pytest.raises(dispatch.KernelUnavailableError, match="unsupported input .*float64"):
+            dispatch.layer_norm(x, torch.ones(4, dtype=torch.float64), None, 1e-5)
 
 
-def test_auto_backend_falls_back_to_the_reference():
+def test_auto_runs_the_reference_on_cpu_unless_triton_interprets(monkeypatch, caplog):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
     dispatch.set_backend("auto")
-    x = torch.randn(2, 4)
-    torch.testing.assert_close(dispatch.layer_norm(x, torch.ones(4), None, 1e-5), F.layer_norm(x, (4,), eps=1e-5))
+    dispatch._logged.clear()
+    x, res = torch.randn(3, 8), torch.randn(3, 8)
+    with caplog.at_level(logging.INFO, logger="kernels.dispatch"):
+        out = dispatch.residual_layer_norm(x, res, torch.ones(8), torch.zeros(8), 1e-5)
+    torch.testing.assert_close(out, F.layer_norm(x + res, (8,), eps=1e-5))
+    assert "residual_layer_norm -> residual_layer_norm_ref" in caplog.text
+
+
+@requires_triton
+def test_auto_picks_the_triton_kernel_where_it_runs(caplog):
+    dispatch.set_backend("auto")
+    dispatch._logged.clear()
+    x, res = torch.randn(3, 8, device=DEVICE), torch.randn(3, 8, device=DEVICE)
+    ones, zeros = torch.ones(8, device=DEVICE), torch.zeros(8, device=DEVICE)
+    with caplog.at_level(logging.INFO, logger="kernels.dispatch"):
+        out = dispatch.residual_layer_norm(x, res, ones, zeros, 1e-5)
+    torch.testing.assert_close(out, F.layer_norm(x + res, (8,), eps=1e-5), rtol=1e-5, atol=1e-5)
+    assert "residual_layer_norm -> triton residual_layer_norm" in caplog.text
 
 
 def test_unknown_backend_is_rejected_by_name():

@@ -109,7 +109,10 @@ class BertResidualOutput(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+        # dropout + add + LayerNorm is one op, so the dispatch can run it as one fused kernel
+        dropout_p = self.dropout.p if self.training else 0.0
+        norm = self.LayerNorm
+        return dispatch.residual_layer_norm(self.dense(x), residual, norm.weight, norm.bias, norm.eps, dropout_p)
 
 
 class BertAttention(nn.Module):
