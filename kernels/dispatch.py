@@ -18,6 +18,7 @@ import os
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
 from kernels.attention import (
     AttentionGrid,
@@ -28,13 +29,15 @@ from kernels.attention import (
     flash_varlen_available,
     sequence_grid,
 )
+from kernels import bias_gelu as bg
 from kernels import layer_norm as ln
+from kernels.bias_gelu import linear_gelu_ref
 from kernels.layer_norm import layer_norm_ref, residual_layer_norm_ref
 from kernels.triton_support import triton_runs_on, why_not_triton
 
 __all__ = [
     "AttentionGrid", "BACKENDS", "KernelUnavailableError", "attention", "attention_varlen",
-    "block_diagonal_grid", "get_backend", "layer_norm", "residual_layer_norm", "sequence_grid", "set_backend",
+    "block_diagonal_grid", "get_backend", "layer_norm", "linear_gelu", "residual_layer_norm", "sequence_grid", "set_backend",
 ]
 
 Backend = Literal["reference", "fused", "auto"]
@@ -119,6 +122,19 @@ def residual_layer_norm(
         return ln.residual_layer_norm(x, residual, weight, bias, eps, dropout_p)
     _log_once("residual_layer_norm", "residual_layer_norm_ref (torch dropout + add + layer_norm)")
     return residual_layer_norm_ref(x, residual, weight, bias, eps, dropout_p)
+
+
+def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """`gelu(x @ weight^T + bias)` (exact GELU): `x` [..., K], `weight` [N, K], `bias` [N] -> [..., N].
+    Fused: the GEMM without bias, then one kernel for bias + GELU."""
+    # the kernel sees the GEMM output, whose dtype is x's
+    probe = x.new_empty((1, weight.shape[0]))
+    applies = bias is not None and bg.kernel_applies(probe, bias.to(x.dtype))
+    if _use_fused("bias_gelu", x, applies, f"unsupported input ({x.dtype}, bias {None if bias is None else bias.dtype})"):
+        _log_once("bias_gelu", "torch matmul + triton bias_gelu")
+        return bg.bias_gelu(F.linear(x, weight), bias.to(x.dtype))
+    _log_once("bias_gelu", "linear_gelu_ref (torch linear + gelu)")
+    return linear_gelu_ref(x, weight, bias)
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> torch.Tensor:

@@ -136,7 +136,7 @@ class BertIntermediate(nn.Module):
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(self.dense(x))
+        return dispatch.linear_gelu(x, self.dense.weight, self.dense.bias)
 
 
 class BertLayer(nn.Module):
@@ -195,7 +195,7 @@ class BertPredictionHeadTransform(nn.Module):
         self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(F.gelu(self.dense(x)))
+        return self.LayerNorm(dispatch.linear_gelu(x, self.dense.weight, self.dense.bias))
 
 
 class BertLMPredictionHead(nn.Module):
