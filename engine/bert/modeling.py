@@ -43,7 +43,9 @@ class MLMOutput(NamedTuple):
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm with HF parameter names (`weight`, `bias`) that runs through the kernel dispatch."""
+    """LayerNorm with HF parameter names (`weight`, `bias`) that runs through the kernel dispatch;
+    given a residual it computes `LayerNorm(dropout(x) + residual)` as one (fusable) op. Fused
+    ops read their weights inside the owning module's forward, so ZeRO-3 has gathered them."""
 
     def __init__(self, size: int, eps: float):
         super().__init__()
@@ -51,8 +53,17 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(size))
         self.eps = eps
 
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, dropout_p: float = 0.0) -> torch.Tensor:
+        if residual is None and dropout_p == 0.0:
+            return dispatch.layer_norm(x, self.weight, self.bias, self.eps)
+        return dispatch.residual_layer_norm(x, residual, self.weight, self.bias, self.eps, dropout_p)
+
+
+class LinearGelu(nn.Linear):
+    """`gelu(linear(x))` (exact GELU) with nn.Linear's parameters, through the kernel dispatch."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dispatch.layer_norm(x, self.weight, self.bias, self.eps)
+        return dispatch.linear_gelu(x, self.weight, self.bias)
 
 
 class BertEmbeddings(nn.Module):
@@ -110,9 +121,7 @@ class BertResidualOutput(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         # dropout + add + LayerNorm is one op, so the dispatch can run it as one fused kernel
-        dropout_p = self.dropout.p if self.training else 0.0
-        norm = self.LayerNorm
-        return dispatch.residual_layer_norm(self.dense(x), residual, norm.weight, norm.bias, norm.eps, dropout_p)
+        return self.LayerNorm(self.dense(x), residual, self.dropout.p if self.training else 0.0)
 
 
 class BertAttention(nn.Module):
@@ -133,10 +142,10 @@ class BertAttention(nn.Module):
 class BertIntermediate(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.dense = LinearGelu(config.hidden_size, config.intermediate_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dispatch.linear_gelu(x, self.dense.weight, self.dense.bias)
+        return self.dense(x)
 
 
 class BertLayer(nn.Module):
@@ -191,11 +200,11 @@ class BertModel(nn.Module):
 class BertPredictionHeadTransform(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = LinearGelu(config.hidden_size, config.hidden_size)
         self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(dispatch.linear_gelu(x, self.dense.weight, self.dense.bias))
+        return self.LayerNorm(self.dense(x))
 
 
 class BertLMPredictionHead(nn.Module):
