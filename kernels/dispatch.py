@@ -32,12 +32,14 @@ from kernels.attention import (
 from kernels import bias_gelu as bg
 from kernels import layer_norm as ln
 from kernels.bias_gelu import linear_gelu_ref
+from kernels.mlm_loss import chunked_mlm_loss, mlm_loss_ref
+from kernels.triton_support import interpreting
 from kernels.layer_norm import layer_norm_ref, residual_layer_norm_ref
 from kernels.triton_support import triton_runs_on, why_not_triton
 
 __all__ = [
     "AttentionGrid", "BACKENDS", "KernelUnavailableError", "attention", "attention_varlen",
-    "block_diagonal_grid", "get_backend", "layer_norm", "linear_gelu", "residual_layer_norm", "sequence_grid", "set_backend",
+    "block_diagonal_grid", "get_backend", "layer_norm", "linear_gelu", "mlm_loss", "residual_layer_norm", "sequence_grid", "set_backend",
 ]
 
 Backend = Literal["reference", "fused", "auto"]
@@ -135,6 +137,31 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
         return bg.bias_gelu(F.linear(x, weight), bias.to(x.dtype))
     _log_once("bias_gelu", "linear_gelu_ref (torch linear + gelu)")
     return linear_gelu_ref(x, weight, bias)
+
+
+def mlm_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    targets: torch.Tensor,
+    valid_vocab: int,
+    need_logits: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """MLM decoder + mean cross-entropy at the masked rows: `hidden` [N, H], `weight` [V, H], `bias`
+    [V], `targets` [N] -> (fp32 loss, int64 arg-max hits, logits [N, V] or None). The chunked
+    version never holds the whole logits, so it cannot return them: `need_logits` takes the reference."""
+    applies = hidden.dim() == 2 and weight.shape == (bias.shape[0], hidden.shape[-1]) and not need_logits
+    why = "the logits were asked for" if need_logits else f"shapes {tuple(hidden.shape)} x {tuple(weight.shape)}"
+    # plain torch, so no Triton needed; "auto" takes it on CUDA (the memory it saves is GPU memory)
+    # and on the CPU only in kernel-test mode (TRITON_INTERPRET=1), like the Triton ops
+    if _backend == "fused" and not applies:
+        raise _no_fused("mlm_loss", why)
+    if _backend == "fused" or (_backend == "auto" and applies and (hidden.is_cuda or interpreting())):
+        _log_once("mlm_loss", "chunked_mlm_loss (logits never whole)")
+        loss, num_correct = chunked_mlm_loss(hidden, weight, bias, targets, valid_vocab)
+        return loss, num_correct, None
+    _log_once("mlm_loss", "mlm_loss_ref (whole logits)")
+    return mlm_loss_ref(hidden, weight, bias, targets, valid_vocab)
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> torch.Tensor:

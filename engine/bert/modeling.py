@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from engine.bert.config import BertConfig
@@ -64,6 +63,18 @@ class LinearGelu(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return dispatch.linear_gelu(x, self.weight, self.bias)
+
+
+class MLMDecoder(nn.Linear):
+    """The vocabulary projection; given targets it returns the MLM loss instead, which the
+    dispatch may compute without ever forming the whole logits (weights read in this forward, so
+    ZeRO-3 has gathered them)."""
+
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None, valid_vocab: int = 0,
+                need_logits: bool = False):
+        if targets is None:
+            return super().forward(x)
+        return dispatch.mlm_loss(x, self.weight, self.bias, targets, valid_vocab, need_logits)
 
 
 class BertEmbeddings(nn.Module):
@@ -211,13 +222,17 @@ class BertLMPredictionHead(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.transform = BertPredictionHeadTransform(config)
-        self.decoder = nn.Linear(config.hidden_size, config.padded_vocab_size)
+        self.decoder = MLMDecoder(config.hidden_size, config.padded_vocab_size)
         self.bias = nn.Parameter(torch.zeros(config.padded_vocab_size))
         self.decoder.bias = self.bias  # one bias under both HF names, as in transformers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[N, hidden] -> [N, padded_vocab_size]."""
         return self.decoder(self.transform(x))
+
+    def loss(self, x: torch.Tensor, targets: torch.Tensor, valid_vocab: int, need_logits: bool = False):
+        """Masked rows [N, hidden] and their labels [N] -> (loss, num_correct, logits or None)."""
+        return self.decoder(self.transform(x), targets, valid_vocab, need_logits)
 
 
 class BertOnlyMLMHead(nn.Module):
@@ -370,12 +385,7 @@ class BertForMaskedLM(nn.Module):
         layout = self._layout(input_ids, attention_mask, segment_ids, token_type_ids)
         masked, targets = self._masked_positions(labels, layout)
         hidden, _ = self._hidden(input_ids, None, None, token_type_ids, layout, output_rows=masked)
-        logits = self.cls(hidden)
-        # Padded vocabulary columns get -inf in place (a few columns), so the GEMM and the
-        # cross-entropy run on the contiguous padded matrix instead of a strided slice.
-        logits[:, self.config.vocab_size:] = float("-inf")
-        loss = F.cross_entropy(logits.float(), targets, reduction="sum") / max(masked.numel(), 1)
-        num_correct = (logits.argmax(-1) == targets).sum()
+        loss, num_correct, logits = self.cls.predictions.loss(hidden, targets, self.config.vocab_size, return_logits)
         num_masked = torch.tensor(masked.numel(), device=loss.device)
         return MLMOutput(loss, num_masked, num_correct, logits[:, : self.config.vocab_size] if return_logits else None)
 
