@@ -31,6 +31,7 @@ class ModelSection:
     preset: str = "tiny"  # engine.bert preset name (tiny, minilm-l6-h384, bert-base, bert-large)
     init_from: Path | None = None  # HF BERT folder to start from (its config replaces the preset)
     compile: bool = False  # torch.compile each transformer layer in place (fuses the elementwise ops; GPU speed)
+    kernels: Literal["reference", "auto", "fused"] = "reference"  # kernels.dispatch backend: torch ops, fused where they apply, or fused forced (raises where none applies); BIOPTIMUS_KERNELS overrides
     overrides: dict[str, Any] = field(default_factory=dict)  # same fields as a JSON table (older spelling)
     vocab_size: int | None = None  # default: the shards' vocabulary (init_from: the folder's); must match the shards
     hidden_size: int | None = None  # width of every token representation

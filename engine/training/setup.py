@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +109,30 @@ def model_config_for(config: PretrainConfig, shards_vocab_size: int) -> BertConf
     return preset(section.preset, **{"vocab_size": shards_vocab_size, **fields})
 
 
+def configure_kernels(backend: str, device: torch.device, rank: int) -> str:
+    """Set the kernel dispatch backend from `[model] kernels`, unless BIOPTIMUS_KERNELS is set
+    (an experiment switch that wins), and show dispatch's once-per-op choices on rank 0: nothing
+    else configures logging, so without this handler they would be dropped. "fused" on a device
+    where Triton cannot run is refused here, before anything is written. Returns the backend."""
+    from kernels import dispatch
+    from kernels.triton_support import triton_runs_on, why_not_triton
+
+    backend = os.environ.get("BIOPTIMUS_KERNELS") or backend
+    if backend not in dispatch.BACKENDS:
+        raise ConfigError(f"BIOPTIMUS_KERNELS: {backend!r} is not one of {list(dispatch.BACKENDS)}")
+    probe = torch.empty(0, device=device)
+    if backend == "fused" and not triton_runs_on(probe):
+        raise ConfigError(f"model.kernels: 'fused' cannot run here: {why_not_triton(probe)}; use 'auto' or 'reference'")
+    dispatch.set_backend(backend)
+    log = logging.getLogger("kernels")
+    if rank == 0 and not log.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    return backend
+
+
 def build_model(config: PretrainConfig, model_config: BertConfig):
     """Fresh weights (seeded identically on every rank) or the weights of an HF folder."""
     from engine.bert.hf_io import load_hf_folder
@@ -198,6 +224,7 @@ def prepare_run(config: PretrainConfig, dist: Dist, resume: str | None) -> RunPl
         resume_state = checkpoints.read_run_state(resume_from)
         check_checkpoint_fits(resume_from, resume_state, model_config)
     validation = ValidationSet.open(config, stream, dist) if config.eval.interval else None
+    configure_kernels(config.model.kernels, dist.device, dist.rank)
     model = build_model(config, model_config)
     return RunPlan(config=config, dist=dist, model_config=model_config, model=model, stream=stream, ds_config=ds,
                    resume_from=resume_from, resume_state=resume_state, validation=validation)
