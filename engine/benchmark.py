@@ -5,6 +5,7 @@
     python engine/benchmark.py masking --out bench/masking.json
     python engine/benchmark.py distill --out bench/distill.json
     python engine/benchmark.py ner --out bench/ner.json
+    python engine/benchmark.py kernels --out bench/kernels.json
 
 Each subcommand lives in `engine/benchmarks/<name>.py` as `add_arguments(parser)` + `run(args) -> dict`.
 """
@@ -16,7 +17,7 @@ import sys
 
 from engine.cli import fail
 
-SUBCOMMANDS = ["data", "train", "masking", "distill", "ner"]
+SUBCOMMANDS = ["data", "train", "masking", "distill", "ner", "kernels"]
 
 
 class OneLineParser(argparse.ArgumentParser):

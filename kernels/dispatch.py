@@ -97,7 +97,9 @@ def _use_fused(op: str, x: torch.Tensor, applies: bool, why_not_applies: str) ->
     """Whether `op` runs its Triton kernel on `x`; raises where 'fused' is forced and it cannot."""
     if _backend == "reference":
         return False
-    runs = triton_runs_on(x)
+    # torch.compile cannot trace Triton's interpreter (it would trace its numpy code), so inside a
+    # compiled region on the CPU the fused ops do not run; on CUDA dynamo captures the kernels
+    runs = triton_runs_on(x) and not (x.device.type == "cpu" and torch.compiler.is_compiling())
     if _backend == "fused":
         if not runs:
             raise _no_fused(op, why_not_triton(x))

@@ -15,9 +15,11 @@ packed shards built from the same documents, flat 15 % token masking (80/10/10).
 
 GPU MFU (`--gpu-mfu`): BERT-base at seq 128, bf16, one GPU, packed shards of the demo corpus (or
 the PMC corpus when present) with the bert-base-uncased vocabulary; attention dropout 0 so the
-flash varlen kernel can run (hidden dropout stays 0.1); run twice, eager and with `model.compile`
-(each layer torch.compile'd), `mfu` being the faster one's. `mfu` = model matmul FLOPs
-(`engine.bert.flops`) per second over the device's dense bf16 peak, warm-up steps excluded.
+flash varlen kernel can run (hidden dropout stays 0.1); run four times: eager and with
+`model.compile` (each layer torch.compile'd), each with the reference ops and with the fused kernels
+(`model.kernels=auto`); `mfu` is the fastest one's. `mfu` = model matmul FLOPs (`engine.bert.flops`)
+per second over the device's dense bf16 peak, warm-up steps excluded. `--gpu-mfu --tiny` runs the
+same four modes with the tiny model on any device (the GPU check's dry run; CPU figures mean nothing).
 """
 from __future__ import annotations
 
@@ -52,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     parser.add_argument("--gpu-mfu", action="store_true", help="BERT-base bf16 MFU on one GPU instead")
     parser.add_argument("--gpu-micro", type=int, default=128, help="--gpu-mfu: sequences per micro-step")
+    parser.add_argument("--tiny", action="store_true",
+                        help="--gpu-mfu: tiny model, any device (dry run of the GPU check)")
     parser.add_argument("--work-dir", type=Path, default=None, help="scratch folder (default: a temp dir)")
 
 
@@ -106,7 +110,7 @@ def aggregate(metrics: Path, after_step: int) -> dict:
 
 
 def run_engine(shards: Path, work: Path, steps: int, warmup: int, micro: int, seq_len: int, model: dict,
-               ds_config: str, precision: str, compile_layers: bool = False) -> dict:
+               ds_config: str, precision: str, compile_layers: bool = False, kernels: str = "reference") -> dict:
     """The real trainer, one process; returns figures aggregated over the timed steps.
 
     The trainer logs every `warmup` steps (a log is a host sync, which would stall a GPU if done every
@@ -125,7 +129,7 @@ def run_engine(shards: Path, work: Path, steps: int, warmup: int, micro: int, se
                  "--eval.interval=0", f"--checkpoint.interval={10 * (warmup + steps)}", f"--logging.interval={warmup}",
                  "--logging.progress_bar=false", "--logging.tensorboard=false", "--optim.warmup_steps=0",
                  f"--model.preset={model.pop('preset', 'bert-base')}", f"--model.overrides={json.dumps(model)}",
-                 f"--model.compile={str(compile_layers).lower()}"]
+                 f"--model.compile={str(compile_layers).lower()}", f"--model.kernels={kernels}"]
     config = load_config(PretrainConfig, None, overrides)
     dist = dist_from_env()
     plan = prepare_run(config, dist, resume=None)
@@ -235,26 +239,39 @@ def run_cpu_comparison(args) -> dict:
     return figures
 
 
+MFU_MODES = {  # mode -> (model.kernels, model.compile)
+    "eager": ("reference", False),
+    "compiled": ("reference", True),
+    "fused": ("auto", False),
+    "fused_compiled": ("auto", True),
+}
+
+
 def run_gpu_mfu(args) -> dict:
-    if not torch.cuda.is_available():
-        raise SystemExit("error: --gpu-mfu needs a CUDA device")
-    documents, source = load_documents(args.corpus, max(args.docs, 1500))
+    if not torch.cuda.is_available() and not args.tiny:
+        raise SystemExit("error: --gpu-mfu needs a CUDA device (--tiny runs the same modes anywhere)")
+    model_name = "tiny" if args.tiny else "bert-base"
+    ds_config, precision = ("zero1_bf16.json", "bf16") if torch.cuda.is_available() else ("zero0_fp32_cpu.json", "fp32")
+    documents, source = load_documents(args.corpus, 200 if args.tiny else max(args.docs, 1500))
     with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
         work = Path(tmp)
         shards = build_bench_shards(documents, work / "shards", args.seq_len)
         runs = {}
-        for mode in ("eager", "compiled"):  # same shards, same steps: torch.compile'd layers vs eager
+        for mode, (kernels, compiled) in MFU_MODES.items():  # same shards, same steps
             runs[mode] = run_engine(shards, work / f"engine-{mode}", args.steps, args.warmup, args.gpu_micro,
-                                    args.seq_len, {"preset": "bert-base", "attention_dropout": 0.0},
-                                    "zero1_bf16.json", "bf16", compile_layers=mode == "compiled")
+                                    args.seq_len, {"preset": model_name, "attention_dropout": 0.0},
+                                    ds_config, precision, compile_layers=compiled, kernels=kernels)
     best = max(runs, key=lambda mode: runs[mode]["tokens_per_s"])
     figures = {"mfu": runs[best].get("mfu"), "mfu_mode": best, "tflops": runs[best]["tflops"],
                "tokens_per_s": runs[best]["tokens_per_s"],
                **{f"{key}_{mode}": runs[mode].get(key) for mode in runs for key in ("mfu", "tflops", "tokens_per_s")}}
-    config = {"documents": source, "model": "bert-base (attention_dropout 0)", "seq_len": args.seq_len,
+    config = {"documents": source, "model": f"{model_name} (attention_dropout 0)", "seq_len": args.seq_len,
               "micro_batch": args.gpu_micro, "timed_steps": args.steps, "warmup_steps": args.warmup,
-              "precision": "bf16", "zero": "zero1_bf16.json", "gpu": torch.cuda.get_device_name(0),
-              "modes": "eager = reference ops as dispatched; compiled = model.compile (each layer torch.compile'd)"}
+              "precision": precision, "zero": ds_config,
+              "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+              "modes": "eager = reference ops as dispatched; compiled = model.compile (each layer torch.compile'd); "
+                       "fused = model.kernels=auto (Triton LayerNorm, bias+GELU, chunked MLM loss)",
+              "dry_run": args.tiny}
     write_record(args.out, "train_gpu_mfu", figures, config)
     return figures
 
