@@ -21,13 +21,16 @@ import torch
 import torch.nn.functional as F
 
 from kernels.attention import (
+    TRITON_HEAD_DIMS,
     AttentionGrid,
     attention_ref,
     attention_varlen_flash,
     attention_varlen_ref,
+    attention_varlen_triton,
     block_diagonal_grid,
     flash_varlen_available,
     sequence_grid,
+    triton_attention_applies,
 )
 from kernels import bias_gelu as bg
 from kernels import layer_norm as ln
@@ -204,17 +207,16 @@ def attention_varlen(
     """Varlen attention confined to each sequence: `q, k, v` (T, H, D), int32 `cu_seqlens`
     [num_seqs + 1], python int `max_seqlen` -> (T, H, D). `grid` is an optional hint for the SDPA
     reference (see `kernels.attention.AttentionGrid`); kernels that need none ignore it."""
-    if _backend == "fused":
-        raise _no_fused("varlen attention", "not written yet (issue #12 item 3)")
-    # torch's flash varlen kernel is a torch op (so still "reference"), but it has no dropout
-    # and needs CUDA half precision; everything else repads and uses SDPA.
-    if (
-        q.is_cuda
-        and q.dtype in (torch.float16, torch.bfloat16)
-        and dropout_p == 0.0
-        and _FLASH_VARLEN
-    ):
+    flash = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and dropout_p == 0.0 and _FLASH_VARLEN
+    if flash:
+        # torch's own flash varlen kernel (a torch op, so on every backend) is the fastest correct
+        # path where it applies: CUDA half precision, no dropout
         _log_once("attention_varlen", "torch flash varlen_attn")
         return attention_varlen_flash(q, k, v, cu_seqlens, max_seqlen, scale)
+    applies = triton_attention_applies(q)
+    why = f"unsupported input ({q.dtype}, head dim {q.shape[-1]}; needs one of {TRITON_HEAD_DIMS})"
+    if _use_fused("attention_varlen", q, applies, why):
+        _log_once("attention_varlen", "triton attention_varlen (dropout in the kernel)")
+        return attention_varlen_triton(q, k, v, cu_seqlens, max_seqlen, dropout_p, scale)
     _log_once("attention_varlen", "attention_varlen_ref (repad + torch SDPA)")
     return attention_varlen_ref(q, k, v, cu_seqlens, max_seqlen, dropout_p, scale, grid)

@@ -83,12 +83,15 @@ def test_forcing_fused_without_triton_on_this_device_raises_with_the_reason(monk
         dispatch.layer_norm(x, torch.ones(4), torch.zeros(4), 1e-5)
 
 
-def test_forcing_fused_raises_for_ops_without_a_kernel_and_for_unsupported_dtypes(monkeypatch):
+def test_forcing_fused_raises_for_ops_without_a_kernel_and_for_unsupported_shapes(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     dispatch.set_backend("fused")
-    q, k, v, cu = _varlen_inputs([2, 3])
-    with pytest.raises(dispatch.KernelUnavailableError, match="fused varlen attention kernel cannot run"):
+    q, k, v, cu = _varlen_inputs([2, 3], head_dim=5)
+    with pytest.raises(dispatch.KernelUnavailableError, match="fused attention_varlen kernel cannot run: .*head dim 5"):
         dispatch.attention_varlen(q, k, v, cu, 3)
+    padded = torch.randn(1, 2, 3, 16)
+    with pytest.raises(dispatch.KernelUnavailableError, match="padded attention has no fused kernel"):
+        dispatch.attention(padded, padded, padded)
     x = torch.randn(2, 4, dtype=torch.float64)
     if dispatch.triton_runs_on(x):
         with pytest.raises(dispatch.KernelUnavailableError, match="unsupported input .*float64"):
