@@ -54,6 +54,7 @@ if HAS_TRITON:
         total, max_seqlen, scale, dropout_p,
         H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         HAS_DROPOUT: tl.constexpr,
+        PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (torch's fp32 matmul is not TF32), else "tf32"
     ):
         seq = tl.program_id(1) // H
         head = tl.program_id(1) % H
@@ -73,7 +74,7 @@ if HAS_TRITON:
                 kv_offsets = ((start + cols) * H + head)[:, None] * D + dims[None, :]
                 k = tl.load(K + kv_offsets, mask=col_ok[:, None], other=0.0)
                 v = tl.load(V + kv_offsets, mask=col_ok[:, None], other=0.0)
-                s = tl.dot(q, tl.trans(k)) * scale
+                s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
                 s = tl.where(col_ok[None, :], s, float("-inf"))
                 m_new = tl.maximum(m_i, tl.max(s, axis=1))
                 p = tl.exp(s - m_new[:, None])
@@ -82,7 +83,7 @@ if HAS_TRITON:
                 if HAS_DROPOUT:
                     keep = _dropout_keep(SEED, head, start + rows, cols, total, max_seqlen, dropout_p)
                     p = tl.where(keep, p / (1.0 - dropout_p), 0.0)
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
                 m_i = m_new
             out = acc / l_i[:, None]
             tl.store(O + ((start + rows) * H + head)[:, None] * D + dims[None, :], out.to(O.dtype.element_ty),
@@ -98,6 +99,7 @@ if HAS_TRITON:
         total, max_seqlen, scale, dropout_p,
         H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         HAS_DROPOUT: tl.constexpr,
+        PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (torch's fp32 matmul is not TF32), else "tf32"
     ):
         seq = tl.program_id(1) // H
         head = tl.program_id(1) % H
@@ -120,17 +122,17 @@ if HAS_TRITON:
                 do = tl.load(DO + q_offsets, mask=row_ok[:, None], other=0.0)
                 lse = tl.load(LSE + head * total + start + rows, mask=row_ok, other=0.0)
                 delta = tl.load(DELTA + head * total + start + rows, mask=row_ok, other=0.0)
-                s = tl.dot(q, tl.trans(k)) * scale
+                s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
                 p = tl.where(row_ok[:, None] & col_ok[None, :], tl.exp(s - lse[:, None]), 0.0)
-                dp = tl.dot(do, tl.trans(v))
+                dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
                 if HAS_DROPOUT:
                     keep = _dropout_keep(SEED, head, start + rows, cols, total, max_seqlen, dropout_p)
-                    dv += tl.dot(tl.trans(tl.where(keep, p / (1.0 - dropout_p), 0.0).to(do.dtype)), do)
+                    dv += tl.dot(tl.trans(tl.where(keep, p / (1.0 - dropout_p), 0.0).to(do.dtype)), do, input_precision=PRECISION)
                     dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
                 else:
-                    dv += tl.dot(tl.trans(p.to(do.dtype)), do)
+                    dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
                 ds = p * (dp - delta[:, None])
-                dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+                dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
             tl.store(DK + kv_offsets, (dk * scale).to(DK.dtype.element_ty), mask=col_ok[:, None])
             tl.store(DV + kv_offsets, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
 
@@ -142,6 +144,7 @@ if HAS_TRITON:
         total, max_seqlen, scale, dropout_p,
         H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         HAS_DROPOUT: tl.constexpr,
+        PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (torch's fp32 matmul is not TF32), else "tf32"
     ):
         seq = tl.program_id(1) // H
         head = tl.program_id(1) % H
@@ -163,14 +166,14 @@ if HAS_TRITON:
                 kv_offsets = ((start + cols) * H + head)[:, None] * D + dims[None, :]
                 k = tl.load(K + kv_offsets, mask=col_ok[:, None], other=0.0)
                 v = tl.load(V + kv_offsets, mask=col_ok[:, None], other=0.0)
-                s = tl.dot(q, tl.trans(k)) * scale
+                s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
                 p = tl.where(row_ok[:, None] & col_ok[None, :], tl.exp(s - lse[:, None]), 0.0)
-                dp = tl.dot(do, tl.trans(v))
+                dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
                 if HAS_DROPOUT:
                     keep = _dropout_keep(SEED, head, start + rows, cols, total, max_seqlen, dropout_p)
                     dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
                 ds = p * (dp - delta[:, None])
-                dq += tl.dot(ds.to(k.dtype), k)
+                dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
             tl.store(DQ + q_offsets, (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
     @triton.jit
@@ -196,6 +199,10 @@ def triton_attention_applies(q: torch.Tensor) -> bool:
     return q.dtype in TRITON_DTYPES and q.dim() == 3 and q.shape[-1] in TRITON_HEAD_DIMS and q.numel() > 0
 
 
+def _precision(q: torch.Tensor) -> str:
+    return "ieee" if q.dtype == torch.float32 else "tf32"
+
+
 def _blocks(device: torch.device, head_dim: int) -> tuple[int, int]:
     if device.type != "cuda":
         return 16, 16  # the interpreter: small tiles keep the parity tests quick
@@ -214,7 +221,7 @@ class AttentionVarlenFunction(torch.autograd.Function):
         grid = (triton.cdiv(max_seqlen, block_m), (cu.shape[0] - 1) * heads)
         _attention_fwd_kernel[grid](q, k, v, out, lse, cu, seed, total, max_seqlen, scale, dropout_p,
                                     H=heads, D=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
-                                    HAS_DROPOUT=dropout_p > 0.0)
+                                    HAS_DROPOUT=dropout_p > 0.0, PRECISION=_precision(q))
         ctx.save_for_backward(q, k, v, out, lse, cu, seed)
         ctx.args = (max_seqlen, dropout_p, scale)
         return out
@@ -228,7 +235,8 @@ class AttentionVarlenFunction(torch.autograd.Function):
         delta = (d_out.float() * out.float()).sum(-1).t().contiguous()  # [H, T]
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         block_m, block_n = _blocks(q.device, head_dim)
-        common = dict(H=heads, D=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, HAS_DROPOUT=dropout_p > 0.0)
+        common = dict(H=heads, D=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, HAS_DROPOUT=dropout_p > 0.0,
+                      PRECISION=_precision(q))
         sequences = (cu.shape[0] - 1) * heads
         _attention_bwd_dkdv_kernel[(triton.cdiv(max_seqlen, block_n), sequences)](
             q, k, v, d_out, lse, delta, dk, dv, cu, seed, total, max_seqlen, scale, dropout_p, **common)
