@@ -74,14 +74,6 @@ def check_inputs(x: torch.Tensor, bias: torch.Tensor) -> None:
         raise ValueError(f"bias_gelu: bias shape {tuple(bias.shape)}, expected ({x.shape[-1]},)")
 
 
-def kernel_applies(x: torch.Tensor, bias: torch.Tensor) -> bool:
-    try:
-        check_inputs(x, bias)
-    except ValueError:
-        return False
-    return x.numel() > 0
-
-
 def _grid(rows: int, width: int) -> tuple[int, int]:
     return triton.cdiv(rows, BLOCK_M), triton.cdiv(width, BLOCK_N)
 

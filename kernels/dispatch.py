@@ -35,14 +35,14 @@ from kernels.attention import (
 from kernels import bias_gelu as bg
 from kernels import layer_norm as ln
 from kernels.bias_gelu import linear_gelu_ref
-from kernels.mlm_loss import chunked_mlm_loss, mlm_loss_ref
-from kernels.triton_support import interpreting
 from kernels.layer_norm import layer_norm_ref, residual_layer_norm_ref
-from kernels.triton_support import triton_runs_on, why_not_triton
+from kernels.mlm_loss import chunked_mlm_loss, mlm_loss_ref
+from kernels.triton_support import interpreting, triton_runs_on, why_not_triton
 
 __all__ = [
     "AttentionGrid", "BACKENDS", "KernelUnavailableError", "attention", "attention_varlen",
-    "block_diagonal_grid", "get_backend", "layer_norm", "linear_gelu", "mlm_loss", "residual_layer_norm", "sequence_grid", "set_backend",
+    "block_diagonal_grid", "get_backend", "layer_norm", "linear_gelu", "mlm_loss", "residual_layer_norm",
+    "sequence_grid", "set_backend",
 ]
 
 Backend = Literal["reference", "fused", "auto"]
@@ -134,9 +134,8 @@ def residual_layer_norm(
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """`gelu(x @ weight^T + bias)` (exact GELU): `x` [..., K], `weight` [N, K], `bias` [N] -> [..., N].
     Fused: the GEMM without bias, then one kernel for bias + GELU."""
-    # the kernel sees the GEMM output, whose dtype is x's
-    probe = x.new_empty((1, weight.shape[0]))
-    applies = bias is not None and bg.kernel_applies(probe, bias.to(x.dtype))
+    # the kernel sees the GEMM output: x's dtype, weight.shape[0] wide
+    applies = bias is not None and x.dtype in bg.SUPPORTED_DTYPES and bias.shape == weight.shape[:1] and x.numel() > 0
     if _use_fused("bias_gelu", x, applies, f"unsupported input ({x.dtype}, bias {None if bias is None else bias.dtype})"):
         _log_once("bias_gelu", "torch matmul + triton bias_gelu")
         return bg.bias_gelu(F.linear(x, weight), bias.to(x.dtype))
