@@ -259,8 +259,7 @@ def run_gpu_mfu(args) -> dict:
         runs = {}
         for mode, (kernels, compiled) in MFU_MODES.items():  # same shards, same steps
             runs[mode] = run_engine(shards, work / f"engine-{mode}", args.steps, args.warmup, args.gpu_micro,
-                                    args.seq_len, {"preset": model_name, "attention_dropout": 0.0,
-                                                   "vocab_size": 30522},  # the bench shards' vocabulary
+                                    args.seq_len, {"preset": model_name, "attention_dropout": 0.0},
                                     ds_config, precision, compile_layers=compiled, kernels=kernels)
     best = max(runs, key=lambda mode: runs[mode]["tokens_per_s"])
     figures = {"mfu": runs[best].get("mfu"), "mfu_mode": best, "tflops": runs[best]["tflops"],
