@@ -1,14 +1,15 @@
 """Shared fixtures: where the shared real data lives, and skips that print their reason."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 # Without a GPU the Triton kernels run in Triton's interpreter, which must be chosen before any
-# kernel is decorated (i.e. before `kernels` is imported); dispatch's "auto" stays off the CPU
-# unless a test asks for it, so only the kernel tests pay the interpreter's slowness.
+# kernel is decorated (i.e. before `kernels` is imported). The dispatch default stays "reference",
+# so only tests that choose "auto" or "fused" pay the interpreter's slowness.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
