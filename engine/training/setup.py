@@ -109,6 +109,19 @@ def model_config_for(config: PretrainConfig, shards_vocab_size: int) -> BertConf
     return preset(section.preset, **{"vocab_size": shards_vocab_size, **fields})
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to `sys.stdout` as it is at each record (a run in-process, e.g. under a test or a
+    benchmark, may swap it after the handler was added)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def configure_kernels(backend: str, device: torch.device, rank: int) -> str:
     """Set the kernel dispatch backend from `[model] kernels`, unless BIOPTIMUS_KERNELS is set
     (an experiment switch that wins), and show dispatch's once-per-op choices on rank 0: nothing
@@ -126,7 +139,7 @@ def configure_kernels(backend: str, device: torch.device, rank: int) -> str:
     dispatch.set_backend(backend)
     log = logging.getLogger("kernels")
     if rank == 0 and not log.handlers:
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _StdoutHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
