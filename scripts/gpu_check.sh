@@ -65,7 +65,7 @@ if [ "$DRY" = 1 ]; then
     export TRITON_INTERPRET=1 CUDA_VISIBLE_DEVICES=""
     tests_marker="not slow"
     kernels_args=(--tiny)
-    mfu_args=(--tiny --gpu-micro 4 --seq-len 64 --steps 2 --warmup 1)
+    mfu_args=(--tiny --gpu-micro 2 --seq-len 32 --steps 1 --warmup 1)
 else
     if ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
         echo "error: no CUDA device visible (use GPU_DRY_RUN=1 for the CPU dry run)" >&2; exit 1
