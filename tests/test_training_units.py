@@ -103,7 +103,7 @@ def _fake_tag(ckpt_dir, step, complete=True):
     tag.mkdir(parents=True)
     (tag / "weights").write_text("x")
     if complete:
-        (tag / checkpoints.MARKER).write_text(str(step))
+        checkpoints.write_marker(tag, step)
     return tag
 
 
@@ -127,7 +127,7 @@ def test_prune_keeps_the_last_k_complete_and_drops_older_partial_ones(tmp_path):
         _fake_tag(tmp_path, step)
     _fake_tag(tmp_path, 15, complete=False)
     _fake_tag(tmp_path, 50, complete=False)  # may be being written right now: kept
-    checkpoints.prune(tmp_path, keep_last=2)
+    checkpoints.prune(tmp_path, keep_last=2, current_step=40)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000030", "step_00000040", "step_00000050"]
 
 

@@ -16,6 +16,7 @@ import torch
 from engine.bert.config import BertConfig
 from engine.io import has_tokenizer
 from engine.training.checkpoints import CheckpointError, read_run_state, resolve_checkpoint
+from engine.training.safe_load import check_files_load_safely, load_weights_only, weights_only_loads
 
 MODEL_STATES = "mp_rank_00_model_states.pt"
 
@@ -28,12 +29,15 @@ def fp32_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
     """Full fp32 weights of a checkpoint tag folder, whatever its ZeRO stage."""
     if _has_zero_shards(tag_dir):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-        with contextlib.redirect_stdout(io.StringIO()):  # it prints a line per shard
+        # zero_to_fp32 calls torch.load(weights_only=False) itself: every file is first opened
+        # weights-only here (so a refusal names it), then torch is forced weights-only inside.
+        check_files_load_safely(tag_dir)
+        with weights_only_loads(), contextlib.redirect_stdout(io.StringIO()):  # it prints a line per shard
             return dict(get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name))
     path = tag_dir / MODEL_STATES
     if not path.is_file():
         raise CheckpointError(f"{tag_dir}: neither ZeRO shards nor {MODEL_STATES}")
-    states = torch.load(path, map_location="cpu", weights_only=True)
+    states = load_weights_only(path, map_location="cpu")
     return {k: v.float() for k, v in states["module"].items()}
 
 

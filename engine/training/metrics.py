@@ -100,15 +100,40 @@ def _short(value) -> str:
     return str(value)
 
 
+class MetricsFileError(ValueError):
+    """A metrics.jsonl line that is not a JSON record, before the last line."""
+
+
+def parse_records(path: Path, say=None) -> list[dict]:
+    """The records of a metrics.jsonl, in order, read tolerantly: a torn last line (what a kill
+    mid-write leaves) is dropped and said so; an unreadable line before it is an error naming it."""
+    lines = Path(path).read_text(encoding="utf-8", errors="replace").split("\n")
+    numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
+    records = []
+    for position, (number, line) in enumerate(numbered):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            if position == len(numbered) - 1:
+                (say or (lambda m: print(m, file=sys.stderr)))(
+                    f"note: {path}:{number}: dropped a torn last line (a run stopped while writing it)")
+                break
+            raise MetricsFileError(f"{path}:{number}: not a metrics record ({exc})") from None
+        records.append(record)
+    return records
+
+
 def keep_until(path: Path, step: int | None) -> None:
-    """On resume, drop records past the checkpoint's step: they are about to be redone."""
+    """On resume, drop records past the checkpoint's step (they are about to be redone) and a torn
+    last line; replaced atomically, so a kill here leaves the old file."""
     if step is None or not path.is_file():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    kept = [r for r in parse_records(path) if r.get("step", 0) <= step]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """All records of a metrics.jsonl, in order."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    """All records of a metrics.jsonl, in order (a torn last line dropped, said so)."""
+    return parse_records(path)

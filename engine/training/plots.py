@@ -1,14 +1,25 @@
 """Loss and throughput curves from a run's metrics.jsonl, drawn to one PNG."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from engine.io import atomic_path
-from engine.training.metrics import read_metrics
+from engine.training.metrics import MetricsFileError, read_metrics
 
 
 class PlotError(ValueError):
     """A metrics file with nothing to plot."""
+
+
+def _plottable(record: dict) -> bool:
+    """Loss records need a numeric step and loss; phase marks a numeric step; others are skipped."""
+    number = (int, float)
+    if record.get("kind") in ("train", "valid"):
+        return isinstance(record.get("step"), number) and isinstance(record.get("loss"), number)
+    if record.get("kind") == "phase":
+        return isinstance(record.get("step"), number)
+    return True
 
 
 def plot_metrics(jsonl: Path, out: Path) -> Path:
@@ -19,7 +30,18 @@ def plot_metrics(jsonl: Path, out: Path) -> Path:
 
     if not Path(jsonl).is_file():
         raise PlotError(f"metrics file not found: {jsonl}")
-    records = read_metrics(jsonl)
+    out = Path(out)
+    if out.is_dir():
+        raise PlotError(f"--out {out}: is a folder; give the PNG file to write")
+    if out.suffix.lower() != ".png":
+        raise PlotError(f"--out {out}: must name a .png file")
+    try:
+        records = read_metrics(jsonl)
+    except (MetricsFileError, OSError) as exc:
+        raise PlotError(str(exc)) from None
+    bad = next((r for r in records if not _plottable(r)), None)
+    if bad is not None:
+        raise PlotError(f"{jsonl}: a {bad.get('kind')} record without a numeric step/loss: {json.dumps(bad)[:120]}")
     train = [r for r in records if r.get("kind") == "train"]
     valid = [r for r in records if r.get("kind") == "valid"]
     if not train:
@@ -39,8 +61,11 @@ def plot_metrics(jsonl: Path, out: Path) -> Path:
     ax_speed.set_ylabel("non-pad tokens/s")
     ax_speed.set_xlabel("optimizer step")
     fig.tight_layout()
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_path(out) as tmp:  # creates the parent; removes the temp file on failure
+            fig.savefig(tmp, dpi=110)
+    except OSError as exc:
+        raise PlotError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        plt.close(fig)
     return out

@@ -197,17 +197,20 @@ def check_checkpoint_fits(tag_dir: Path, state: dict, model_config: BertConfig) 
                                           f"(checkpoint vs run: {', '.join(differ)})")
 
 
-def find_resume(config: PretrainConfig, resume: str | None) -> Path | None:
-    """The tag folder to resume from: None (fresh), 'auto' (newest complete, if any), or a path."""
+def find_resume(config: PretrainConfig, resume: str | None, rank: int = 0) -> Path | None:
+    """The verified tag folder to resume from: None (fresh), 'auto' (newest intact one, if any), or
+    a path; damaged tags are passed over with one line each, never resumed from."""
     ckpt_dir = config.checkpoint_dir
     if resume in (None, "", "none"):
         if checkpoints.latest_complete(ckpt_dir) is not None:
             raise ConfigError(f"{ckpt_dir} already holds checkpoints; pass --resume auto to continue that run "
                               f"or choose another out_dir/checkpoint.dir")
         return None
+    # Rank 0 alone names the damaged tags it skips; every rank verifies and reaches the same tag.
+    say = None if rank == 0 else (lambda line: None)
     if resume == "auto":
-        return checkpoints.latest_complete(ckpt_dir)
-    return checkpoints.resolve_checkpoint(Path(resume))
+        return checkpoints.newest_intact(ckpt_dir, say)
+    return checkpoints.resolve_checkpoint(Path(resume), say)
 
 
 def prepare_run(config: PretrainConfig, dist: Dist, resume: str | None) -> RunPlan:
@@ -231,7 +234,7 @@ def prepare_run(config: PretrainConfig, dist: Dist, resume: str | None) -> RunPl
     if config.model.compile and ds.get("zero_optimization", {}).get("stage", 0) == 3:
         raise ConfigError("model.compile: not supported with ZeRO stage 3 (its parameter hooks break "
                           "the compiled graphs); use stage 0-2 or model.compile=false")
-    resume_from = find_resume(config, resume)
+    resume_from = find_resume(config, resume, dist.rank)
     resume_state = None
     if resume_from is not None:
         resume_state = checkpoints.read_run_state(resume_from)

@@ -119,7 +119,7 @@ class Trainer:
             self.stream.load_state_dict(saved["data"])
         except (KeyError, ValueError) as exc:
             raise checkpoints.CheckpointError(f"{tag_dir}: data position does not fit this run: {exc}") from None
-        client = checkpoints.load_checkpoint(self.engine, tag_dir, self.dist.rank)
+        client = checkpoints.load_checkpoint(self.engine, tag_dir, self.dist.rank, self.dist.world_size)
         self.state = TrainState(step=int(client["step"]), consumed_tokens=int(client["consumed_tokens"]))
         if self.state.step != self.stream.step:
             raise checkpoints.CheckpointError(f"{tag_dir}: DeepSpeed state is at step {self.state.step} but "
