@@ -76,8 +76,33 @@ def test_existing_non_empty_output_is_refused_and_kept(tmp_path):
     with pytest.raises(HFFolderError, match="already exists"):
         save_hf_folder(_model(), out)
     assert (out / "keep.txt").read_text() == "x"
+
+
+def test_overwrite_never_replaces_a_folder_the_engine_did_not_write(tmp_path):
+    out = tmp_path / "my_notes"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(HFFolderError, match="not written by this engine"):
+        save_hf_folder(_model(), out, overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_overwrite_replaces_an_earlier_export(tmp_path):
+    out = save_hf_folder(_model(), tmp_path / "export")
+    (out / "stale.txt").write_text("x")
     save_hf_folder(_model(), out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    assert not (out / "stale.txt").exists() and (out / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("where", ["same", "parent", "inside"])
+def test_export_never_writes_over_its_own_tokenizer_folder(tmp_path, where):
+    tokenizer = tmp_path / "shards"
+    tokenizer.mkdir()
+    (tokenizer / "vocab.txt").write_text("[PAD]\n[UNK]\n")
+    out = {"same": tokenizer, "parent": tmp_path, "inside": tokenizer / "hf"}[where]
+    with pytest.raises(HFFolderError, match="lies inside the tokenizer folder"):
+        save_hf_folder(_model(), out, tokenizer_dir=tokenizer, overwrite=True)
+    assert [p.name for p in tokenizer.iterdir()] == ["vocab.txt"]
 
 
 def test_failed_export_leaves_no_output_and_no_temporary_folder(tmp_path, monkeypatch):

@@ -29,6 +29,7 @@ IGNORED_NAMES = ("bert.embeddings.position_ids",)
 # Duplicates of tied parameters; transformers re-ties them on load, safetensors refuses shared storage.
 TIED_NAMES = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 VOCAB_ROWS = ("bert.embeddings.word_embeddings.weight", "cls.predictions.bias")
+HF_KIND = "hf-model"  # engine.outputs kind of the folders save_hf_folder writes
 
 
 class HFFolderError(ValueError):
@@ -142,12 +143,19 @@ def save_hf_folder(
     tokenizer_dir: str | Path | None = None,
     true_vocab_size: int | None = None,
     overwrite: bool = False,
+    inputs: dict[str, Path] | None = None,
 ) -> Path:
     """Write `out_dir` (config.json, model.safetensors, tokenizer files from `tokenizer_dir`) so that
-    `AutoModelForMaskedLM.from_pretrained(out_dir)` loads it; all or nothing (temp dir + rename)."""
+    `AutoModelForMaskedLM.from_pretrained(out_dir)` loads it; all or nothing (temp dir + rename).
+    An existing `out_dir` is replaced only with `overwrite` and only when the engine wrote it; an
+    `out_dir` overlapping the tokenizer folder or any of `inputs` is refused (engine.outputs)."""
+    from engine.outputs import OutputFolderError, check_replaceable, mark_owned
+
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise HFFolderError(f"{out_dir}: already exists and is not empty (pass overwrite=True to replace it)")
+    try:
+        check_replaceable(out_dir, HF_KIND, overwrite, {**(inputs or {}), "tokenizer folder": tokenizer_dir})
+    except OutputFolderError as exc:
+        raise HFFolderError(str(exc)) from None
     tokenizer_files = []
     if tokenizer_dir is not None:
         tokenizer_dir = Path(tokenizer_dir)
@@ -161,5 +169,6 @@ def save_hf_folder(
         to_hf_config(model.config, true_vocab_size=vocab).to_json_file(str(tmp / "config.json"))
         for f in tokenizer_files:
             shutil.copy2(f, tmp / f.name)
+        mark_owned(tmp, HF_KIND)
     return out_dir
 

@@ -74,4 +74,4 @@ def export_checkpoint(checkpoint: Path, out: Path, tokenizer_dir: Path | None = 
         raise CheckpointError(f"{tag_dir}: no tokenizer in {tokenizer_dir} (the run's shard folder); "
                               f"pass --tokenizer DIR")
     return save_hf_folder(model, out, tokenizer_dir=tokenizer_dir, true_vocab_size=config.vocab_size,
-                          overwrite=overwrite)
+                          overwrite=overwrite, inputs={"checkpoint": Path(checkpoint), "checkpoint tag": tag_dir})
