@@ -104,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     print_config(config, "prepare_data")
     try:
         corpus_files(config.corpus, config.format)
+        if config.corpus.is_dir() and (config.out.resolve() == config.corpus.resolve()
+                                       or config.corpus.resolve() in config.out.resolve().parents):
+            raise ConfigError(f"--out {config.out} lies inside --corpus {config.corpus}: the next run would read "
+                              f"the shards' own files as documents; choose an --out outside the corpus")
         check_destination(config.out, None, config.shards, config.overwrite)
         if config.vocab is not None:
             tokenizer = read_vocab_file(config.vocab, config.shards.lowercase)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,56 @@ def test_bad_option_value_fails_naming_the_option(corpus, tmp_path):
     result = run("--corpus", corpus, "--out", tmp_path / "out", "--vocab-size", 500, "--valid-fraction", 1.5)
     assert_one_line_error(result, "valid_fraction")
     assert not (tmp_path / "out").exists()
+
+
+# -- never lose or silently replace a user's data ----------------------------------------------
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("fmt", ["txt", "auto"])
+def test_out_inside_the_corpus_is_refused(corpus, fmt):
+    before = _snapshot(corpus)
+    result = run("--corpus", corpus, "--format", fmt, "--out", corpus / "shards", "--vocab-size", 500, "--quiet")
+    assert_one_line_error(result, r"lies inside --corpus")
+    assert _snapshot(corpus) == before
+
+
+@pytest.fixture(scope="module")
+def built(corpus, tmp_path_factory):
+    """Shards of `corpus` and the vocabulary they were built with (for same-tokenizer rebuilds)."""
+    out = tmp_path_factory.mktemp("built") / "shards"
+    result = run("--corpus", corpus, "--out", out, "--vocab-size", 500, "--seq-len", 64, "--quiet")
+    assert result.returncode == 0, result.stderr
+    vocab = out.parent / "vocab.txt"
+    vocab.write_bytes((out / "vocab.txt").read_bytes())
+    return out, vocab
+
+
+def test_shards_of_another_corpus_are_not_replaced_without_overwrite(built, tmp_path):
+    out, vocab = built
+    shards = tmp_path / "shards"
+    shutil.copytree(out, shards)
+    other = write_demo_corpus(tmp_path / "other", num_docs=60, seed=5)
+    before = _snapshot(shards)
+    result = run("--corpus", other, "--out", shards, "--vocab", vocab, "--seq-len", 64, "--quiet")
+    assert_one_line_error(result, r"already holds shards of another corpus")
+    assert _snapshot(shards) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "a temporary folder was left"
+    result = run("--corpus", other, "--out", shards, "--vocab", vocab, "--seq-len", 64, "--quiet", "--overwrite")
+    assert result.returncode == 0 and result.stdout.startswith("replaced:"), result.stderr
+
+
+def test_rebuild_over_a_damaged_shard_repairs_it_instead_of_reporting_unchanged(corpus, built, tmp_path):
+    out, vocab = built
+    shards = tmp_path / "shards"
+    shutil.copytree(out, shards)
+    ids = shards / "seq64" / "train.ids.bin"
+    good = ids.read_bytes()
+    damaged = bytearray(good)
+    damaged[len(damaged) // 2] ^= 0x01
+    ids.write_bytes(bytes(damaged))
+    result = run("--corpus", corpus, "--out", shards, "--vocab", vocab, "--seq-len", 64, "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("replaced:"), result.stdout
+    assert ids.read_bytes() == good

@@ -98,6 +98,19 @@ def check_destination(out: Path, tokenizer: Tokenizer | None, options: ShardOpti
                          f"pass --overwrite to replace them")
 
 
+def _refuse_other_corpus(out: Path, manifest: dict) -> None:
+    """Same tokenizer and options but another corpus is still other shards: not replaced silently.
+    Known only once the corpus is read (its fingerprint), so this runs after the build, before the swap."""
+    try:
+        existing, _ = read_manifest(out)
+        before = existing["corpus"]["sha256"]
+    except (ShardError, KeyError, TypeError):
+        return  # damaged or older manifest: check_destination already compared what it could
+    if before != manifest["corpus"]["sha256"]:
+        raise ShardError(f"{out}: already holds shards of another corpus (corpus sha256 {before[:12]}…, this one "
+                         f"{manifest['corpus']['sha256'][:12]}…); pass --overwrite to replace them")
+
+
 class BatchEncoder:
     """Token ids for a batch of raw texts, equal to `tokenizer.encode(text)` without specials.
 
@@ -220,9 +233,11 @@ def build_shards(documents: Iterable[tuple[str, str]], out: str | Path, tokenize
     tmp = temp_sibling_dir(out)
     try:
         manifest = write_shards(documents, tmp, tokenizer, options, batch_documents, progress)
+        if (out / MANIFEST).is_file() and not overwrite:
+            _refuse_other_corpus(out, manifest)
         if (out / MANIFEST).is_file() and (out / MANIFEST).read_text(encoding="utf-8") == manifest_text(manifest):
-            try:
-                verify_files(out, manifest["files"], checksums=False)
+            try:  # checksums, not sizes: a flipped byte must not pass as "unchanged"
+                verify_files(out, manifest["files"], checksums=True)
                 shutil.rmtree(tmp)
                 return BuildResult("unchanged", manifest)
             except ShardError:
