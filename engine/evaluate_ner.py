@@ -73,12 +73,13 @@ def evaluate(config: EvaluateConfig) -> int:
     print_config(config, "evaluate_ner")
     from engine.io import resolve_device
     from engine.ner.model_io import check_model_folder, load_tokenizer
-    from engine.ner.report import write_report
+    from engine.ner.report import check_out_holds_no_other_model, write_report
     from engine.ner.tasks import available_tasks, load_task
     from engine.ner.unit import run_unit
 
     # Check everything (model folder, tokenizer, every data file) before writing anything.
     model_dir = check_model_folder(config.model)
+    check_out_holds_no_other_model(config.out, model_dir)
     tokenizer = load_tokenizer(model_dir)
     resolve_device(config.finetune.device, NerError)
     names = [t.strip().lower() for t in config.tasks if t.strip()] or available_tasks(config.data)

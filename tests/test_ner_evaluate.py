@@ -274,3 +274,36 @@ def test_unknown_option_is_refused_with_usage_exit_status(setup, tmp_path, capsy
 def test_cuda_requested_without_a_gpu_is_refused(setup, tmp_path):
     _copy_data(setup, tmp_path)
     _refused(setup, tmp_path, "--device", "cuda", match=r"error: --device cuda was asked for but no CUDA device")
+
+
+def test_out_holding_another_models_results_is_refused_and_kept(setup, tmp_path):
+    _, data, tiny = setup
+    out = tmp_path / "out"
+    out.mkdir()
+    report = json.dumps({"kind": "bioptimus-ner-report", "model": str(tmp_path / "someone_elses_model")})
+    (out / "results.json").write_text(report)
+    with pytest.raises(SystemExit, match=r"error: .*out: holds NER results of another model") as info:
+        main(["--model", str(tiny), "--data", str(data), "--seeds", "1", "--out", str(out), *QUICK])
+    assert "\n" not in str(info.value.code)
+    assert [p.name for p in out.iterdir()] == ["results.json"] and (out / "results.json").read_text() == report
+
+
+@pytest.mark.parametrize("drop", [("task",), ("test", "f1"), ("recipe",), ("seed",)])
+def test_merge_of_a_unit_missing_a_field_is_one_line_and_writes_nothing(tmp_path, drop):
+    unit = {"kind": "bioptimus-ner-unit", "task": "ncbi-disease", "seed": 1, "model": "m", "best_epoch": 2,
+            "wall_s": 1.0, "sizes": {"train": 10}, "devel": {"f1": 0.5},
+            "test": {"f1": 0.5, "precision": 0.5, "recall": 0.5},
+            "recipe": {"epochs": 3, "lr": 1e-3, "batch_size": 8, "device": "cpu"}}
+    holder = unit
+    for key in drop[:-1]:
+        holder = holder[key]
+    del holder[drop[-1]]
+    path = tmp_path / "units" / "ncbi-disease" / "seed1" / "result.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(unit))
+    with pytest.raises(SystemExit) as info:
+        main(["merge", str(tmp_path / "units"), "--out", str(tmp_path / "merged")])
+    message = str(info.value.code)
+    assert message.startswith("error: ") and "\n" not in message
+    assert str(path) in message and ".".join(drop) in message
+    assert not (tmp_path / "merged").exists()

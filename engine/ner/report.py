@@ -18,6 +18,47 @@ REPORT_KIND = "bioptimus-ner-report"
 TASK_ORDER = ["bc5cdr-chem", "bc5cdr-disease", "ncbi-disease", "bc2gm", "jnlpba"]
 
 
+# What the report reads from each unit result.json (field path → type).
+UNIT_FIELDS = {
+    ("task",): str, ("seed",): int, ("model",): str, ("best_epoch",): int, ("wall_s",): (int, float),
+    ("sizes", "train"): int, ("devel", "f1"): (int, float), ("test", "f1"): (int, float),
+    ("test", "precision"): (int, float), ("test", "recall"): (int, float),
+    ("recipe", "epochs"): int, ("recipe", "lr"): (int, float), ("recipe", "batch_size"): int,
+    ("recipe", "device"): str,
+}
+
+
+def check_unit_fields(path: Path, unit: dict) -> None:
+    """A unit result.json missing a field the report needs is named before anything is written."""
+    for keys, kind in UNIT_FIELDS.items():
+        value = unit
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise NerError(f"{path}: unit result lacks field {'.'.join(keys)} (or it is not a "
+                           f"{getattr(kind, '__name__', 'number')})")
+
+
+def check_out_holds_no_other_model(out_dir: str | Path, model: str | Path) -> None:
+    """Refuse an OUT whose report or unit results come from another model: writing there would
+    overwrite them and mix two models' units into one report."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return
+    mine = Path(model).resolve()
+    for path in sorted(out.rglob("result*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(record, dict) or record.get("kind") not in (UNIT_KIND, REPORT_KIND):
+            continue
+        other = record.get("model")
+        if isinstance(other, str) and Path(other).resolve() != mine:
+            raise NerError(f"{out}: holds NER results of another model ({other}, in {path}); "
+                           f"choose another --out")
+
+
 def find_unit_results(folders: list[str | Path]) -> list[dict]:
     """Every unit `result.json` under `folders` (recursively); a (task, seed) found twice is an error."""
     units, seen = [], {}
@@ -31,8 +72,9 @@ def find_unit_results(folders: list[str | Path]) -> list[dict]:
                 unit = json.loads(path.read_text(encoding="utf-8"))
             except json.JSONDecodeError as exc:
                 raise NerError(f"{path}:{exc.lineno}: cannot parse JSON: {exc.msg}") from None
-            if unit.get("kind") != UNIT_KIND:
+            if not isinstance(unit, dict) or unit.get("kind") != UNIT_KIND:
                 continue
+            check_unit_fields(path, unit)
             key = (unit["task"], unit["seed"])
             if key in seen:
                 raise NerError(f"{path}: task {key[0]} seed {key[1]} also in {seen[key]}")
