@@ -62,11 +62,16 @@ def _refused(argv):
 
 
 def test_export_of_an_intact_checkpoint_marks_its_folder(stage0_run, tmp_path):
+    import json
+
     from engine.outputs import OWNER_FILE
+    from engine.shards.vocab import vocabulary_sha256
 
     run, _ = stage0_run
     assert main([str(run / "checkpoints"), str(tmp_path / "hf")]) == 0
     assert (tmp_path / "hf" / "model.safetensors").is_file() and (tmp_path / "hf" / OWNER_FILE).is_file()
+    recorded = json.loads((tmp_path / "hf" / "config.json").read_text())["vocab_sha256"]
+    assert recorded == vocabulary_sha256(tmp_path / "hf") == vocabulary_sha256(stage0_run[1])
 
 
 @pytest.mark.parametrize("out", ["run", "checkpoints", "tag", "shards"])
@@ -99,3 +104,32 @@ def test_a_flipped_byte_in_the_weights_is_refused_naming_the_file(stage0_run, tm
     message = _refused([str(run / "checkpoints" / tag_for(4)), str(tmp_path / "hf")])
     assert "mp_rank_00_model_states.pt: sha256 differs" in message
     assert not (tmp_path / "hf").exists()
+
+
+def _record_vocabulary(run, shards):
+    import json
+
+    from engine.shards.vocab import vocabulary_sha256
+    from engine.training.checkpoints import RUN_STATE, write_marker
+
+    tag = run / "checkpoints" / tag_for(4)
+    state = json.loads((tag / RUN_STATE).read_text())
+    (tag / RUN_STATE).write_text(json.dumps({**state, "vocab_sha256": vocabulary_sha256(shards)}))
+    write_marker(tag, 4)
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["recorded-in-checkpoint", "from-run-shards"])
+def test_export_refuses_a_tokenizer_other_than_the_runs_of_the_same_size(stage0_run, tmp_path, recorded):
+    run, shards = stage0_run
+    if recorded:
+        _record_vocabulary(run, shards)
+    shuffled = tmp_path / "shuffled"
+    shuffled.mkdir()
+    (shuffled / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nb\na\nc\n")
+    message = _refused([str(run / "checkpoints"), str(tmp_path / "hf"), "--tokenizer", str(shuffled)])
+    assert str(shuffled) in message and ("not the vocabulary" in message or "different vocabularies" in message)
+    assert not (tmp_path / "hf").exists()
+    same = tmp_path / "copy"
+    same.mkdir()
+    (same / "vocab.txt").write_bytes((shards / "vocab.txt").read_bytes())
+    assert main([str(run / "checkpoints"), str(tmp_path / "hf"), "--tokenizer", str(same)]) == 0

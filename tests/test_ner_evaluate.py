@@ -307,3 +307,16 @@ def test_merge_of_a_unit_missing_a_field_is_one_line_and_writes_nothing(tmp_path
     assert message.startswith("error: ") and "\n" not in message
     assert str(path) in message and ".".join(drop) in message
     assert not (tmp_path / "merged").exists()
+
+
+def test_tokenizer_swapped_into_an_exported_model_folder_is_refused(setup, tmp_path):
+    from engine.shards.vocab import build_tokenizer, load_tokenizer, save_tokenizer, vocab_list, vocabulary_sha256
+
+    _copy_data(setup, tmp_path)
+    model = shutil.copytree(setup[2], tmp_path / "model")
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "vocab_sha256": vocabulary_sha256(model)}))
+    tokens = vocab_list(load_tokenizer(model))
+    tokens[-1], tokens[-2] = tokens[-2], tokens[-1]  # same size, two rows meaning other words
+    save_tokenizer(build_tokenizer(tokens), model)
+    _refused(setup, tmp_path, model=model, match=r"error: .*model: the tokenizer is not the vocabulary the model")

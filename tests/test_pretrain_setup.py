@@ -240,3 +240,21 @@ def test_docstring_command_runs_on_the_shards_make_demo_leaves(tmp_path):
                             env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "runs/tiny_demo/checkpoints/step_00000200/COMPLETE").is_file()
+
+
+def _shuffled_tokenizer_folder(shards: Path, out: Path) -> Path:
+    """The shards' vocabulary with two ordinary tokens swapped: same size, other identity."""
+    from engine.shards.vocab import load_tokenizer, save_tokenizer, build_tokenizer, vocab_list
+
+    tokens = vocab_list(load_tokenizer(shards))
+    tokens[-1], tokens[-2] = tokens[-2], tokens[-1]
+    save_tokenizer(build_tokenizer(tokens), out)
+    return out
+
+
+def test_init_folder_with_a_shuffled_vocabulary_of_the_same_size_is_refused(shards, tmp_path):
+    source = BertForMaskedLM(preset("tiny", vocab_size=1024))
+    folder = save_hf_folder(source, tmp_path / "hf", tokenizer_dir=_shuffled_tokenizer_folder(shards, tmp_path / "tok"))
+    out = tmp_path / "run"
+    message = fails_cleanly(args(shards, out, f"--model.init_from={folder}"), out)
+    assert "model.init_from" in message and "hold different vocabularies" in message

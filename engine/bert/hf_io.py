@@ -144,11 +144,13 @@ def save_hf_folder(
     true_vocab_size: int | None = None,
     overwrite: bool = False,
     inputs: dict[str, Path] | None = None,
+    config_extras: dict[str, Any] | None = None,
 ) -> Path:
     """Write `out_dir` (config.json, model.safetensors, tokenizer files from `tokenizer_dir`) so that
     `AutoModelForMaskedLM.from_pretrained(out_dir)` loads it; all or nothing (temp dir + rename).
     An existing `out_dir` is replaced only with `overwrite` and only when the engine wrote it; an
-    `out_dir` overlapping the tokenizer folder or any of `inputs` is refused (engine.outputs)."""
+    `out_dir` overlapping the tokenizer folder or any of `inputs` is refused (engine.outputs).
+    `config_extras` are written into config.json beside the architecture."""
     from engine.outputs import OutputFolderError, check_replaceable, mark_owned
 
     out_dir = Path(out_dir)
@@ -166,7 +168,10 @@ def save_hf_folder(
     vocab = tensors["bert.embeddings.word_embeddings.weight"].shape[0]
     with building_folder(out_dir) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        to_hf_config(model.config, true_vocab_size=vocab).to_json_file(str(tmp / "config.json"))
+        hf_config = to_hf_config(model.config, true_vocab_size=vocab)
+        for key, value in (config_extras or {}).items():  # e.g. the vocabulary's identity, for loaders
+            setattr(hf_config, key, value)
+        hf_config.to_json_file(str(tmp / "config.json"))
         for f in tokenizer_files:
             shutil.copy2(f, tmp / f.name)
         mark_owned(tmp, HF_KIND)

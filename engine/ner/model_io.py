@@ -47,6 +47,22 @@ def check_model_folder(path: str | Path) -> Path:
     return folder
 
 
+def check_tokenizer_identity(folder: Path, recorded: str | None) -> None:
+    """The engine's export records which vocabulary the weights were trained on (config.json
+    `vocab_sha256`); a tokenizer swapped in afterwards, even one of the same size, is refused."""
+    from engine.shards.vocab import VocabError, vocabulary_sha256
+
+    if recorded is None:
+        return
+    try:
+        found = vocabulary_sha256(folder)
+    except VocabError as exc:
+        raise NerError(str(exc)) from None
+    if found != recorded:
+        raise NerError(f"{folder}: the tokenizer is not the vocabulary the model was trained on "
+                       f"(sha256 {str(found)[:12]}… vs {recorded[:12]}… in config.json)")
+
+
 def load_tokenizer(folder: Path):
     """The folder's tokenizer, checked to have a real vocabulary that fits the model's embeddings."""
     from transformers import AutoConfig, AutoTokenizer
@@ -56,7 +72,9 @@ def load_tokenizer(folder: Path):
         raise NerError(f"{folder}: cannot load tokenizer: {str(exc).splitlines()[0]}") from None
     if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None or tokenizer.pad_token_id is None:
         raise NerError(f"{folder}: tokenizer lacks [CLS]/[SEP]/[PAD] tokens (expected a BERT WordPiece tokenizer)")
-    vocab_size = getattr(AutoConfig.from_pretrained(folder), "vocab_size", None)
+    model_config = AutoConfig.from_pretrained(folder)
+    vocab_size = getattr(model_config, "vocab_size", None)
+    check_tokenizer_identity(folder, getattr(model_config, "vocab_sha256", None))
     if len(tokenizer) <= len(tokenizer.all_special_ids):  # e.g. tokenizer_config.json alone loads an empty vocab
         raise NerError(f"{folder}: tokenizer has no vocabulary beyond special tokens")
     if vocab_size is not None and len(tokenizer) > vocab_size:

@@ -145,3 +145,32 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
     if not path.is_file():
         raise VocabError(f"tokenizer not found: {path}")
     return Tokenizer.from_file(str(path))
+
+
+def vocabulary_sha256(folder: str | Path) -> str | None:
+    """sha256 of a folder's tokens in id order (tokenizer.json, else vocab.txt); None without either.
+
+    The identity that the rows of an embedding matrix depend on: two vocabularies of the same size
+    whose tokens are shuffled differ here, where a size check would pass them.
+    """
+    folder = Path(folder)
+    if (folder / "tokenizer.json").is_file():
+        try:
+            tokens = vocab_list(Tokenizer.from_file(str(folder / "tokenizer.json")))
+        except Exception as exc:  # tokenizers raises its own exception type for a malformed file
+            raise VocabError(f"{folder / 'tokenizer.json'}: unreadable tokenizer ({exc})") from None
+    elif (folder / "vocab.txt").is_file():
+        tokens = read_vocab_lines(folder / "vocab.txt")
+    else:
+        return None
+    return hashlib.sha256("\n".join(tokens).encode("utf-8")).hexdigest()
+
+
+def check_same_vocabulary(first: tuple[str, str | Path], second: tuple[str, str | Path]) -> None:
+    """Raise VocabError naming both when the (what, folder) pairs hold different vocabularies;
+    a folder without tokenizer files has nothing to compare and passes."""
+    (what_a, a), (what_b, b) = first, second
+    hash_a, hash_b = vocabulary_sha256(a), vocabulary_sha256(b)
+    if hash_a is not None and hash_b is not None and hash_a != hash_b:
+        raise VocabError(f"{what_a} {a} and {what_b} {b} hold different vocabularies (token order or tokens "
+                         f"differ, sha256 {hash_a[:12]}… vs {hash_b[:12]}…)")

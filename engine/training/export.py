@@ -19,6 +19,7 @@ from engine.training.checkpoints import CheckpointError, read_run_state, resolve
 from engine.training.safe_load import check_files_load_safely, load_weights_only, weights_only_loads
 
 MODEL_STATES = "mp_rank_00_model_states.pt"
+VOCAB_KEY = "vocab_sha256"  # config.json key naming the vocabulary the weights were trained on
 
 
 def _has_zero_shards(tag_dir: Path) -> bool:
@@ -63,9 +64,30 @@ def load_checkpoint_model(checkpoint: Path):
     return model.eval(), config, state, tag_dir
 
 
+def check_tokenizer_is_the_runs(tag_dir: Path, state: dict, tokenizer_dir: Path) -> None:
+    """The exported tokenizer must be the vocabulary the checkpoint was trained on: the one recorded
+    in the checkpoint, else (older checkpoints) the run's shard folder when it is still there."""
+    from engine.shards.vocab import VocabError, check_same_vocabulary, vocabulary_sha256
+
+    recorded = state.get("vocab_sha256")
+    given = vocabulary_sha256(tokenizer_dir)
+    if recorded is not None:
+        if given != recorded:
+            raise CheckpointError(f"--tokenizer {tokenizer_dir}: not the vocabulary {tag_dir} was trained on "
+                                  f"(sha256 {str(given)[:12]}… vs {recorded[:12]}…)")
+        return
+    shards = Path(state.get("config", {}).get("data", {}).get("shards", ""))
+    if shards.is_dir():
+        try:
+            check_same_vocabulary(("--tokenizer", tokenizer_dir), (f"the shard folder of {tag_dir}", shards))
+        except VocabError as exc:
+            raise CheckpointError(str(exc)) from None
+
+
 def export_checkpoint(checkpoint: Path, out: Path, tokenizer_dir: Path | None = None, overwrite: bool = False) -> Path:
     """Write `out` as a HF folder (safetensors + config + tokenizer); all or nothing."""
     from engine.bert.hf_io import save_hf_folder
+    from engine.shards.vocab import vocabulary_sha256
 
     model, config, state, tag_dir = load_checkpoint_model(checkpoint)
     if tokenizer_dir is None:
@@ -73,5 +95,7 @@ def export_checkpoint(checkpoint: Path, out: Path, tokenizer_dir: Path | None = 
     if not has_tokenizer(tokenizer_dir):
         raise CheckpointError(f"{tag_dir}: no tokenizer in {tokenizer_dir} (the run's shard folder); "
                               f"pass --tokenizer DIR")
+    check_tokenizer_is_the_runs(tag_dir, state, Path(tokenizer_dir))
     return save_hf_folder(model, out, tokenizer_dir=tokenizer_dir, true_vocab_size=config.vocab_size,
-                          overwrite=overwrite, inputs={"checkpoint": Path(checkpoint), "checkpoint tag": tag_dir})
+                          overwrite=overwrite, inputs={"checkpoint": Path(checkpoint), "checkpoint tag": tag_dir},
+                          config_extras={VOCAB_KEY: vocabulary_sha256(tokenizer_dir)})

@@ -197,6 +197,29 @@ def check_checkpoint_fits(tag_dir: Path, state: dict, model_config: BertConfig) 
                                           f"(checkpoint vs run: {', '.join(differ)})")
 
 
+def check_vocabulary_identity(config: PretrainConfig) -> None:
+    """The init folder's vocabulary must be the shards' one, token for token: a shuffled vocabulary
+    of the same size passes every size check and trains on rows meant for other tokens."""
+    from engine.shards.vocab import VocabError, check_same_vocabulary
+
+    if config.model.init_from is None:
+        return
+    try:
+        check_same_vocabulary(("model.init_from", config.model.init_from), ("data.shards", config.data.shards))
+    except VocabError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def check_checkpoint_vocabulary(tag_dir: Path, state: dict, config: PretrainConfig) -> None:
+    """A checkpoint trained on one vocabulary is not continued on shards of another."""
+    from engine.shards.vocab import vocabulary_sha256
+
+    saved, current = state.get("vocab_sha256"), vocabulary_sha256(config.data.shards)
+    if saved is not None and current is not None and saved != current:
+        raise checkpoints.CheckpointError(f"{tag_dir}: trained on another vocabulary than data.shards "
+                                          f"{config.data.shards} (sha256 {saved[:12]}… vs {current[:12]}…)")
+
+
 def find_resume(config: PretrainConfig, resume: str | None, rank: int = 0) -> Path | None:
     """The verified tag folder to resume from: None (fresh), 'auto' (newest intact one, if any), or
     a path; damaged tags are passed over with one line each, never resumed from."""
@@ -228,6 +251,7 @@ def prepare_run(config: PretrainConfig, dist: Dist, resume: str | None) -> RunPl
         default_seq_len=config.seq_len, prefetch=config.data.prefetch)
     model_config = model_config_for(config, next(iter(stream.shard_sets.values())).vocab_size)
     check_shards_fit_model(model_config, stream)
+    check_vocabulary_identity(config)
     raw = read_ds_config(config.deepspeed.config)
     ds = complete_ds_config(raw, config.deepspeed, config.batch, config.optim, dist.world_size,
                             on_cuda=dist.device.type == "cuda")
@@ -239,6 +263,7 @@ def prepare_run(config: PretrainConfig, dist: Dist, resume: str | None) -> RunPl
     if resume_from is not None:
         resume_state = checkpoints.read_run_state(resume_from)
         check_checkpoint_fits(resume_from, resume_state, model_config)
+        check_checkpoint_vocabulary(resume_from, resume_state, config)
     validation = ValidationSet.open(config, stream, dist) if config.eval.interval else None
     configure_kernels(config.model.kernels, dist.device, dist.rank)
     model = build_model(config, model_config)

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as torch_dist
 
 from engine.bert.flops import training_flops
+from engine.shards.vocab import vocabulary_sha256
 from engine.training import checkpoints
 from engine.training.ds_config import offloads_optimizer, precision_of
 from engine.training.metrics import MetricsWriter, peak_flops, peak_memory_gib, throughput
@@ -259,7 +260,8 @@ class Trainer:
         description = self.description
         client_state = {"step": self.state.step, "consumed_tokens": self.state.consumed_tokens, "data": data,
                         "config": description["config"], "model": description["model"],
-                        "manifest_hash": data.get("manifest_hash"), "world_size": self.dist.world_size}
+                        "manifest_hash": data.get("manifest_hash"), "world_size": self.dist.world_size,
+                        "vocab_sha256": vocabulary_sha256(self.cfg.data.shards)}
         run_state = {**client_state, "derived": description["derived"], "deepspeed": description["deepspeed"]}
         tag_dir = checkpoints.save_checkpoint(self.engine, self.cfg.checkpoint_dir, self.state.step, client_state,
                                               run_state, self.dist.rank, self.cfg.checkpoint.keep_last,
