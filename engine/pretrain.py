@@ -42,11 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     from engine.bert.hf_io import HFFolderError
     from engine.shards import ShardError
     from engine.training.checkpoints import CheckpointError
+    from engine.training.jit_lock import JitLockError
     from engine.training.metrics import MetricsFileError
     from engine.training.setup import dist_from_env, init_distributed, prepare_run, shutdown_distributed
     from engine.training.trainer import Trainer
 
-    bad_input = (ConfigError, CheckpointError, ShardError, HFFolderError, MetricsFileError)
+    bad_input = (ConfigError, CheckpointError, ShardError, HFFolderError, MetricsFileError, JitLockError)
     try:
         dist = dist_from_env()
         plan = prepare_run(config, dist, extras["resume"])

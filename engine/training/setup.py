@@ -23,6 +23,7 @@ from engine.training import checkpoints
 from engine.training.config import PretrainConfig
 from engine.training.ds_config import complete_ds_config, read_ds_config
 from engine.training.evaluation import ValidationSet
+from engine.training.jit_lock import clear_stale_locks
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ def init_distributed(dist: Dist) -> None:
         os.environ.setdefault(key, str(value))
     if dist.device.type == "cuda":
         torch.cuda.set_device(dist.device)
+    # DeepSpeed JIT-builds its CPU collective here; a lock left by a killed build would hang it.
+    clear_stale_locks(say=print if dist.rank == 0 else (lambda line: None))
     deepspeed.init_distributed(dist_backend=None if dist.device.type == "cuda" else "gloo",
                                auto_mpi_discovery=False, verbose=False)
     if torch.distributed.get_world_size() != dist.world_size:
