@@ -357,3 +357,16 @@ def test_layer_beyond_the_teachers_depth_is_refused_before_writing(inputs, tmp_p
                           "--method", "contextual", "--distill.layer=9"])
     assert message == "error: layer 9 asked for but the teacher has 3 layers"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("device", ["gpu0", "cuda:x", "CPU", ""])
+def test_unknown_distill_device_is_one_error_line(tmp_path, device):
+    from engine.distill_init import main
+
+    out = tmp_path / "init"
+    with pytest.raises(SystemExit) as info:
+        main(["--teacher", str(tmp_path), "--vocab", str(tmp_path), "--corpus", str(tmp_path), "--out", str(out),
+              f"--distill.device={device}"])
+    message = str(info.value.code)
+    assert message.startswith("error: ") and "\n" not in message and "device" in message
+    assert not out.exists() and not list(tmp_path.glob(".init*"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -88,6 +89,8 @@ class DistillConfig:
                 raise ValueError(f"{name}: must be ≥ 1, got {getattr(self, name)}")
         if self.head_lr <= 0:
             raise ValueError(f"head_lr: must be > 0, got {self.head_lr}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device: {self.device!r} is not one of auto, cpu, cuda, cuda:N")
 
 
 def iter_corpus(path: str, fmt: str) -> Iterator[tuple[str, str]]:
