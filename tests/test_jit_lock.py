@@ -33,6 +33,19 @@ def test_lock_left_by_a_killed_build_is_removed_with_one_line(tmp_path):
     assert len(lines) == 1 and str(lock) in lines[0]
 
 
+def test_locks_are_found_in_both_cache_layouts(tmp_path, monkeypatch):
+    from engine.training.jit_lock import extensions_root
+
+    default_layout = make_build_folder(tmp_path / "default", age_s=600)
+    env_layout = tmp_path / "env" / "cpu_adam" / "lock"
+    env_layout.parent.mkdir(parents=True)
+    env_layout.write_text("")
+    assert build_locks(tmp_path / "default") == [default_layout]
+    assert build_locks(tmp_path / "env") == [env_layout]
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "env"))
+    assert extensions_root() == tmp_path / "env"
+
+
 def test_a_fresh_lock_is_a_live_build_and_is_kept(tmp_path):
     lock = make_build_folder(tmp_path, age_s=5)
     assert not is_stale(lock, grace_s=60)

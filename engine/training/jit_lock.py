@@ -21,16 +21,17 @@ class JitLockError(RuntimeError):
 
 
 def extensions_root() -> Path:
-    """Where torch builds JIT extensions ($TORCH_EXTENSIONS_DIR or its per-user default)."""
+    """Where torch builds JIT extensions: $TORCH_EXTENSIONS_DIR, else its per-user default."""
     from torch.utils.cpp_extension import get_default_build_root
-    return Path(get_default_build_root())
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
 
 
 def build_locks(root: Path) -> list[Path]:
-    """Lock files of op build folders under `root` (`<root>/<python+cuda>/<op>/lock`)."""
+    """Lock files of op build folders under `root`: `<root>/<op>/lock` with $TORCH_EXTENSIONS_DIR,
+    `<root>/<python+cuda>/<op>/lock` under torch's default root."""
     if not root.is_dir():
         return []
-    return sorted(p for p in root.glob(f"*/*/{LOCK_NAME}") if p.is_file())
+    return sorted(p for pattern in (f"*/{LOCK_NAME}", f"*/*/{LOCK_NAME}") for p in root.glob(pattern) if p.is_file())
 
 
 def _processes_working_in(folder: Path) -> bool:
