@@ -22,7 +22,7 @@ from engine.corpus.demo import demo_documents
 from engine.shards import ShardOptions, build_shards, train_vocab
 from engine.training.checkpoints import MARKER, complete_tags, step_of, tag_for
 from engine.training.export import fp32_state_dict
-from tests.test_pretrain_e2e import launch, run_to_end, train_losses_safe
+from tests.test_pretrain_e2e import launch, train_losses_safe
 
 pytestmark = pytest.mark.slow
 
@@ -58,6 +58,14 @@ tensorboard = false
 [eval]
 interval = 0
 """
+
+
+def run_to_end(config: Path, out_dir: Path, *extra: str) -> Path:
+    proc = launch(config, out_dir, *extra)
+    if proc.wait(timeout=1200) != 0:
+        log = (out_dir.parent / f"{out_dir.name}.log").read_text(errors="replace")
+        pytest.fail(f"pretrain exited {proc.returncode}:\n{log[-3000:]}")
+    return out_dir
 
 
 def resumable_step(run: Path) -> int:
