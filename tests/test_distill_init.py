@@ -360,13 +360,15 @@ def test_layer_beyond_the_teachers_depth_is_refused_before_writing(inputs, tmp_p
 
 
 @pytest.mark.parametrize("device", ["gpu0", "cuda:x", "CPU", ""])
-def test_unknown_distill_device_is_one_error_line(tmp_path, device):
+def test_unknown_distill_device_is_one_error_line(tmp_path, device, capsys):
     from engine.distill_init import main
 
     out = tmp_path / "init"
     with pytest.raises(SystemExit) as info:
         main(["--teacher", str(tmp_path), "--vocab", str(tmp_path), "--corpus", str(tmp_path), "--out", str(out),
               f"--distill.device={device}"])
-    message = str(info.value.code)
+    # A refused option exits 2 with its one line on stderr (the CLI convention of every entry script).
+    assert info.value.code == 2
+    message = capsys.readouterr().err.strip()
     assert message.startswith("error: ") and "\n" not in message and "device" in message
     assert not out.exists() and not list(tmp_path.glob(".init*"))
