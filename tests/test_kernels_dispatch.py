@@ -79,7 +79,7 @@ def test_forcing_fused_without_triton_on_this_device_raises_with_the_reason(monk
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     dispatch.set_backend("fused")
     x = torch.randn(2, 4)
-    with pytest.raises(dispatch.KernelUnavailableError, match="fused layer_norm kernel cannot run: .*cpu"):
+    with pytest.raises(dispatch.KernelUnavailableError, match="fused layer_norm kernel cannot run: .*(cpu|triton is not installed)"):
         dispatch.layer_norm(x, torch.ones(4), torch.zeros(4), 1e-5)
 
 
