@@ -25,6 +25,7 @@ import torch
 import torch.distributed as torch_dist
 
 from engine.bert.flops import training_flops
+from engine.io import atomic_write_text
 from engine.shards.vocab import vocabulary_sha256
 from engine.training import checkpoints
 from engine.training.ds_config import offloads_optimizer, precision_of
@@ -139,7 +140,7 @@ class Trainer:
             from tqdm import tqdm
             self.bar = tqdm(total=self.total_steps, initial=self.state.step, unit="step", dynamic_ncols=True)
         text = json.dumps(self.description, indent=1, default=str)
-        checkpoints.atomic_write_text(cfg.out_dir / RESOLVED_CONFIG, text + "\n")
+        atomic_write_text(cfg.out_dir / RESOLVED_CONFIG, text + "\n")
         self.echo("resolved run config:\n" + text)
         self.echo(f"global batch {self.description['derived']['global_batch']} = micro {cfg.batch.micro} × "
                   f"grad_accum {cfg.batch.grad_accum} × {self.dist.world_size} ranks; {self.total_steps} steps; "
