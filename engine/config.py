@@ -55,7 +55,11 @@ def _convert_sequence(value: Any, tp: Any, where: str) -> list | tuple:
 
 
 def _convert(value: Any, tp: Any, where: str) -> Any:
-    """Coerce `value` (from TOML/JSON or a CLI string) into type `tp`, or raise ConfigError."""
+    """Coerce `value` (from TOML/JSON or a CLI string) into type `tp`, or raise ConfigError.
+
+    Long because it is one dispatch over every supported type (Literal, Optional/Union, bool, int,
+    float, str, Path, tuple, list, dict, nested dataclass), each branch a few lines with its own
+    error wording; a table of converters would scatter those one-line errors."""
     origin = get_origin(tp)
     if tp is Any:
         return value

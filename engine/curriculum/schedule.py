@@ -249,6 +249,10 @@ def resolve_curriculum(config: CurriculumConfig, *, total_steps: int | None, def
     total_steps: the run's optimizer steps (None: the phases' own lengths decide, no fractions).
     available_seq_lens: sequence lengths that have shards (None: not checked).
     word_start_seq_lens: sequence lengths whose shards carry word-start flags (None: not checked).
+
+    Long because every check runs in one pass over the phases and needs the running start step
+    and the earlier phases (cumulative fraction rounding, gaps, overlaps); split, that state
+    would be threaded through each piece.
     """
     phase_configs = [PhaseConfig(**p) for p in PRESETS[config.preset]] if config.preset else list(config.phases)
     if total_steps is not None and total_steps <= 0:

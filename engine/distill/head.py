@@ -104,6 +104,9 @@ def fit_mlm_head(teacher, windows: list[list[int]], encoded: int, steps: int, ba
     the first `encoded` windows are masked once and run through the frozen encoder once (the
     costly part); the transform takes `steps` Adam steps on random minibatches of
     `batch_positions` of their masked positions.
+
+    Long because encode, bias, fit and score share the frozen encoder, the masking vocabulary,
+    the progress bar and the held-out states; the two inner functions are its pieces.
     """
     from tqdm import tqdm
 

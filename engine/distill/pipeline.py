@@ -138,7 +138,10 @@ def check_output(out: Path) -> None:
 
 
 def run(config: DistillConfig, log=print) -> dict:
-    """Run distillation init end to end; returns the report (also written into the out folder)."""
+    """Run distillation init end to end; returns the report (also written into the out folder).
+
+    Long because it is the list of stages read top to bottom (load and align, contexts, head fit,
+    rows, save, report), each timed by `lap`; every stage is already its own function."""
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
 

@@ -145,7 +145,11 @@ class BatchEncoder:
 def write_shards(documents: Iterable[tuple[str, str]], root: Path, tokenizer: Tokenizer,
                  options: ShardOptions, batch_documents: int = 64,
                  progress: Callable[[int, int], None] | None = None) -> dict:
-    """Tokenise, pack and write everything into `root` (an empty folder); returns the manifest."""
+    """Tokenise, pack and write everything into `root` (an empty folder); returns the manifest.
+
+    Long because the writers, packers, document logs and corpus fingerprint are opened, fed by
+    the overlapped tokenise/pack loop and closed into the one manifest; split, all four would
+    travel between the pieces."""
     save_tokenizer(tokenizer, root, options.lowercase)
     vocab = vocab_list(tokenizer)
     special = special_ids(tokenizer)

@@ -34,7 +34,10 @@ def _merged(a: str, b: str) -> str:
 
 def train_wordpiece(word_counts: Counter, vocab_size: int, special_tokens: list[str],
                     min_frequency: int = 2, limit_alphabet: int = 1000) -> list[str]:
-    """The vocabulary (special tokens, sorted alphabet symbols, then merges in order) as a list."""
+    """The vocabulary (special tokens, sorted alphabet symbols, then merges in order) as a list.
+
+    Long because the merge loop updates the pair counts, the pair-to-words index and the lazy
+    heap together; kept in one place so the invariant between the three is visible."""
     alphabet = _alphabet(word_counts, limit_alphabet)
     words: list[list[str]] = []
     counts: list[int] = []
