@@ -11,7 +11,7 @@ whole words up in a set (no sentences, no `##` pieces).
 
 Quality: MiniLM teacher → PubMed vocabulary with each method, then the SAME short pre-training
 for each (project pieces: shards built by `engine.shards` from a corpus slice, `engine.curriculum`
-masking, `engine.bert` model loaded with `hf_io.load_hf_folder`, plain AdamW loop): held-out MLM
+masking, `engine.bert` model loaded from the init folder, the real `engine.training` Trainer): held-out MLM
 loss at step 0 and every `eval_every` steps on fixed held-out rows and fixed masks, and
 `steps_to_random_final_loss` = first evaluated step at which a method's held-out loss is at or
 below random init's final loss. A `--methods` entry may carry DistillConfig overrides:
@@ -27,6 +27,7 @@ from pathlib import Path
 from engine.io import shared_data_dir, teacher_folder
 
 SHARED = shared_data_dir()
+ROOT = Path(__file__).resolve().parents[2]
 METHODS = ["random", "fvt", "contextual", "distill"]
 
 
@@ -157,6 +158,9 @@ def layer_benchmark(args) -> dict:
     situation of a new token. The contextual vector at each layer (calibrated and raw) and the fvt
     row are compared with the word's true input row: mean cosine and how often the true row is the
     nearest (top-1) or among the 10 nearest of all old rows.
+
+    Long because the steps (pick words, find and rewrite contexts, pool every layer, score) share
+    the teacher, the splits and the pooled states; it is one measurement read top to bottom.
     """
     from itertools import islice
 
@@ -260,7 +264,7 @@ def quality_benchmark(args) -> dict:
             reached = next((step for step, loss, _new in result["curve"] if loss <= target), None)
             result["steps_to_random_final_loss"] = reached
             result["fraction_of_random_steps"] = None if reached is None or not args.steps else round(reached / args.steps, 3)
-    return {"trainer": "project pieces: engine.shards + engine.curriculum.mask_batch + engine.bert (hf_io) + AdamW loop",
+    return {"trainer": "engine.training.trainer.Trainer (one process, ZeRO-0 fp32, whole-word masking, AdamW constant lr)",
             "shards": str(shards), "steps": args.steps, "methods": results}
 
 
@@ -307,65 +311,97 @@ def split_corpus(args, work: Path) -> tuple[Path, Path]:
 
 
 def pretrain_curve(args, init_dir: Path, shards: Path, new_ids: list[int]) -> list[tuple[int, float, float]]:
-    """[(step, held-out MLM loss, same over new-token targets)] for a short AdamW run from `init_dir`."""
-    import numpy as np
-    import torch
+    """[(step, held-out MLM loss, same over new-token targets)] for a short run of the real trainer.
 
-    from engine.bert.hf_io import load_hf_folder
-    from engine.curriculum.masking import MaskingSpec, make_masking_vocab, mask_batch, mask_seed
+    The run is `engine.training.trainer.Trainer` in this process (one rank, ZeRO-0 fp32): one
+    whole-word masking phase at 15 %, AdamW with linear warm-up then a constant lr, gradient
+    clipping at 1.0; the held-out curve is its evaluation hook, so every method is trained by the
+    same loop as `engine/pretrain.py`.
+    """
+    from engine.curriculum.schedule import CurriculumConfig, PhaseConfig
     from engine.io import resolve_device
     from engine.shards import PackedShards
+    from engine.training import config as run_config
+    from engine.training.setup import Dist, init_distributed, prepare_run, shutdown_distributed
+    from engine.training.trainer import Trainer
 
-    device = resolve_device(args.device)
     train = PackedShards(shards, "train", args.seq_len)
     valid = PackedShards(shards, "valid", args.seq_len)
     if len(train) < args.steps * args.batch_size or len(valid) == 0:
         raise SystemExit(f"error: corpus slice too small: {len(train)} train rows for {args.steps} steps × "
                          f"{args.batch_size}, {len(valid)} valid rows (raise --train-docs)")
-    vocab = make_masking_vocab(train.vocab_size, train.special_ids, shards / "vocab.txt")
-    spec = MaskingSpec(unit="word")
-    model, _config = load_hf_folder(init_dir)
-    model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(args.warmup, 1)))
-    order = np.random.default_rng(args.seed).permutation(len(train))
-    eval_index = np.arange(min(args.eval_rows, len(valid)))
-    eval_batches = [mask_batch(valid.get_batch(eval_index[i:i + args.batch_size]), spec, mask_seed(args.seed, -1, i, 0), vocab)
-                    for i in range(0, len(eval_index), args.batch_size)]
+    run_dir = init_dir.with_name(init_dir.name + "-pretrain")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    config = run_config.PretrainConfig(
+        out_dir=run_dir, steps=args.steps, seq_len=args.seq_len, seed=args.seed,
+        model=run_config.ModelSection(init_from=init_dir),
+        data=run_config.DataSection(shards=shards, prefetch=0),
+        curriculum=CurriculumConfig(preset=None, phases=[PhaseConfig(name="wwm", steps=args.steps, unit="word")]),
+        optim=run_config.OptimSection(lr=args.lr, eps=1e-8, weight_decay=0.01, warmup_steps=args.warmup,
+                                      decay="constant", grad_clip=1.0),
+        batch=run_config.BatchSection(micro=args.batch_size),
+        deepspeed=run_config.DeepSpeedSection(config=ROOT / "ds_configs" / "zero0_fp32_cpu.json", precision="fp32"),
+        checkpoint=run_config.CheckpointSection(interval=args.steps, keep_last=1),
+        logging=run_config.LoggingSection(interval=args.eval_every, tensorboard=False, progress_bar=False),
+        eval=run_config.EvalSection(interval=args.eval_every))
+    device = resolve_device(args.device)
+    dist = Dist(rank=0, world_size=1, local_rank=device.index or 0, device=device)
+    plan = prepare_run(config, dist, resume=None)
+    held_out = HeldOutCurve(valid, plan.stream.vocab, new_ids, args)
+    plan.validation = held_out
+    trainer = None
+    try:
+        init_distributed(dist)
+        trainer = held_out.trainer = Trainer(plan)
+        held_out.evaluate(trainer.engine)  # step 0: the init itself
+        trainer.train()
+    finally:
+        if trainer is not None:
+            trainer.close()
+        plan.stream.close()
+        shutdown_distributed()
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # scratch: only the curve is kept
+    return held_out.curve
 
-    new_token = torch.zeros(train.vocab_size + 1, dtype=torch.bool)
-    new_token[torch.as_tensor(new_ids)] = True
 
-    def held_out_loss() -> tuple[float, float]:
-        """Mean masked-token cross-entropy: over all targets, and over targets that are new tokens."""
-        model.eval()
+class HeldOutCurve:
+    """The trainer's evaluation hook: held-out MLM loss on fixed rows and fixed masks, overall and
+    over new-token targets, appended to `curve` at every evaluation."""
+
+    def __init__(self, valid, vocab, new_ids: list[int], args):
+        import numpy as np
+        import torch
+
+        from engine.curriculum.masking import MaskingSpec, mask_batch, mask_seed
+
+        spec = MaskingSpec(unit="word")
+        rows = np.arange(min(args.eval_rows, len(valid)))
+        self.batches = [mask_batch(valid.get_batch(rows[i:i + args.batch_size]), spec, mask_seed(args.seed, -1, i, 0),
+                                   vocab) for i in range(0, len(rows), args.batch_size)]
+        self.new_token = torch.zeros(valid.vocab_size + 1, dtype=torch.bool)
+        self.new_token[torch.as_tensor(new_ids)] = True
+        self.curve: list[tuple[int, float, float]] = []
+        self.trainer = None  # set once built: evaluations are stamped with its step
+
+    def evaluate(self, engine) -> dict:
+        """Mean masked-token cross-entropy over all targets and over new-token targets."""
+        import torch
+
+        device = engine.device
+        engine.eval()
         total, count, total_new, count_new = 0.0, 0, 0.0, 0
         with torch.no_grad():
-            for batch in eval_batches:
-                out = model(input_ids=batch.input_ids.to(device), segment_ids=batch.segment_ids.to(device),
-                            labels=batch.labels.to(device), return_logits=True)
+            for batch in self.batches:
+                out = engine(input_ids=batch.input_ids.to(device), segment_ids=batch.segment_ids.to(device),
+                             labels=batch.labels.to(device), return_logits=True)
                 labels = batch.labels[batch.labels != -100].to(device)
                 losses = torch.nn.functional.cross_entropy(out.logits.float(), labels, reduction="none")
-                is_new = new_token.to(device)[labels]
+                is_new = self.new_token.to(device)[labels]
                 total += float(losses.sum())
                 count += int(labels.numel())
                 total_new += float(losses[is_new].sum())
                 count_new += int(is_new.sum())
-        model.train()
-        return round(total / max(count, 1), 4), round(total_new / max(count_new, 1), 4)
-
-    curve = [(0, *held_out_loss())]
-    model.train()
-    for step in range(1, args.steps + 1):
-        rows = order[(step - 1) * args.batch_size: step * args.batch_size]
-        batch = mask_batch(train.get_batch(rows), spec, mask_seed(args.seed, step, 0, 0), vocab)
-        out = model(input_ids=batch.input_ids.to(device), segment_ids=batch.segment_ids.to(device),
-                    labels=batch.labels.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        if step % args.eval_every == 0 or step == args.steps:
-            curve.append((step, *held_out_loss()))
-    return curve
+        engine.train()
+        loss, new_loss = round(total / max(count, 1), 4), round(total_new / max(count_new, 1), 4)
+        self.curve.append((self.trainer.state.step, loss, new_loss))
+        return {"loss": loss, "new_token_loss": new_loss}
