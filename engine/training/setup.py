@@ -58,19 +58,28 @@ def _free_port() -> int:
 
 
 def dist_from_env() -> Dist:
-    """Rank and world size as the launcher (deepspeed, torchrun, srun wrapper) set them; one process
-    when unset. Read before joining the process group, so config errors surface before any rendezvous."""
-    rank = int(os.environ.get("RANK", "0"))
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    return Dist(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+    """Rank and world size as the launcher (deepspeed, torchrun, srun wrapper, mpirun) set them; one
+    process when unset. Read before joining the process group, so config errors surface before any rendezvous."""
+    from engine.cluster.ranks import launcher_ranks
+
+    try:
+        ranks = launcher_ranks()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    device = torch.device("cuda", ranks.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    return Dist(rank=ranks.rank, world_size=ranks.world_size, local_rank=ranks.local_rank, device=device)
 
 
 def init_distributed(dist: Dist) -> None:
     """Join the process group of `dist` (gloo on the CPU accelerator, NCCL on CUDA)."""
     import deepspeed
 
+    from engine.cluster.ranks import launcher_ranks, port_agreed_over_mpi
+
+    if launcher_ranks().via_mpi and "MASTER_ADDR" not in os.environ:
+        # mpirun / srun --mpi=pmix: DeepSpeed's MPI discovery (mpi4py) sets RANK, MASTER_ADDR, ...
+        from deepspeed.comm.comm import mpi_discovery
+        mpi_discovery(distributed_port=int(os.environ.get("MASTER_PORT") or port_agreed_over_mpi()), verbose=False)
     if "MASTER_ADDR" not in os.environ:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
     for key, value in (("RANK", dist.rank), ("LOCAL_RANK", dist.local_rank), ("WORLD_SIZE", dist.world_size)):
