@@ -6,6 +6,7 @@
     python engine/benchmark.py distill --out bench/distill.json
     python engine/benchmark.py ner --out bench/ner.json
     python engine/benchmark.py kernels --out bench/kernels.json
+    python engine/benchmark.py cluster --out bench/cluster.json
 
 Each subcommand lives in `engine/benchmarks/<name>.py` as `add_arguments(parser)` + `run(args) -> dict`.
 """
@@ -17,7 +18,7 @@ import sys
 
 from engine.cli import fail
 
-SUBCOMMANDS = ["data", "train", "masking", "distill", "ner", "kernels"]
+SUBCOMMANDS = ["data", "train", "masking", "distill", "ner", "kernels", "cluster"]
 
 
 class OneLineParser(argparse.ArgumentParser):

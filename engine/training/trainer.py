@@ -56,12 +56,17 @@ class _Interval:
     flops: float = 0.0  # this rank's model FLOPs in the timed steps
     started: float | None = None  # clock at the start of the timed part (None: the warm-up step runs)
     paused: float = 0.0  # seconds spent in evaluation/checkpointing inside the interval
+    steps: int = 0  # timed steps
+    data_wait: float = 0.0  # seconds this rank's loop blocked on the batch stream in the timed steps
+    breakdown: dict = field(default_factory=dict)  # seconds per phase in the timed steps (wall_clock_breakdown)
 
     def reset(self, now: float) -> None:
         self.loss_sum.zero_()
         self.correct_sum.zero_()
         self.masked, self.tokens, self.samples, self.flops = 0, 0, 0, 0.0
         self.started, self.paused = now, 0.0
+        self.steps, self.data_wait = 0, 0.0
+        self.breakdown.clear()
 
 
 def seed_rank_rngs(seed: int, rank: int) -> None:
@@ -182,8 +187,11 @@ class Trainer:
         log_next = self._due(self.cfg.logging.interval, self.state.step + 1)
         tokens = samples = 0
         flops = 0.0
+        data_wait = 0.0
         for _ in range(self.cfg.batch.grad_accum):
+            waited_from = time.perf_counter()
             item = self.stream.next_micro_batch()
+            data_wait += time.perf_counter() - waited_from
             if item.phase.changed:
                 self.echo(f"curriculum: {item.phase.describe}")
                 self.writer.write("phase", self.state.step, {"phase": item.phase.index, "name": item.phase.name,
@@ -198,7 +206,10 @@ class Trainer:
         if self.interval.started is None:  # the first step after (re)start is warm-up: not timed
             self._synchronize()
             self.interval.started = time.perf_counter()
+            self.interval.breakdown.clear()
         else:
+            self.interval.steps += 1
+            self.interval.data_wait += data_wait
             self.interval.tokens += tokens
             self.interval.samples += samples
             self.interval.flops += flops
@@ -219,6 +230,8 @@ class Trainer:
         if log_next and not self._reports_norm and engine.is_gradient_accumulation_boundary():
             self._own_norm = _grad_norm_now(engine)
         engine.step()
+        if engine.wall_clock_breakdown():
+            _add_breakdown(engine, self.interval.breakdown)
         self.interval.loss_sum += out.loss.detach().double() * masked
         self.interval.correct_sum += out.num_correct.detach().double()
         self.interval.masked += masked
@@ -238,9 +251,16 @@ class Trainer:
                   "grad_norm": grad_norm, "phase": phase.index, "mask_rate": phase.rate,
                   "consumed_tokens": self.state.consumed_tokens}
         if tokens > 0:
-            values.update(throughput(tokens, samples, now - iv.started - iv.paused, flops / max(tokens, 1),
-                                     self.dist.world_size, self._peak))
+            seconds = now - iv.started - iv.paused
+            values.update(throughput(tokens, samples, seconds, flops / max(tokens, 1), self.dist.world_size, self._peak))
+            # Share of the time this rank waited for batches (reading, masking) on this hardware; the
+            # slowest rank's share is the one that holds the others back.
+            values["data_wait_share"] = _all_reduce_max(iv.data_wait / max(seconds, 1e-9), self.engine.device)
+            if iv.breakdown and iv.steps:
+                values.update({f"step_{key}_s": sec / iv.steps for key, sec in iv.breakdown.items()})
+                values["step_data_wait_s"] = iv.data_wait / iv.steps
         values["peak_memory_gib"] = peak_memory_gib()
+        values["peak_memory_gib_max_rank"] = _all_reduce_max(values["peak_memory_gib"], self.engine.device)
         self.writer.write("train", step, values, echo=self.echo)
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
@@ -314,6 +334,25 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     torch_dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def _all_reduce_max(value: float, device: torch.device) -> float:
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.MAX)
+    return float(tensor.item())
+
+
+def _add_breakdown(engine, totals: dict[str, float]) -> None:
+    """Add the last micro-step's forward / backward / gradient reduction / optimizer seconds, as
+    DeepSpeed's own timers measured them (only with `wall_clock_breakdown`, which syncs per phase)."""
+    from deepspeed.runtime.engine import (BACKWARD_INNER_MICRO_TIMER, BACKWARD_REDUCE_MICRO_TIMER,
+                                          FORWARD_MICRO_TIMER, STEP_MICRO_TIMER)
+
+    timers = engine.get_wall_clock_timers()
+    names = {"forward": FORWARD_MICRO_TIMER, "backward": BACKWARD_INNER_MICRO_TIMER,
+             "communication": BACKWARD_REDUCE_MICRO_TIMER, "optimizer": STEP_MICRO_TIMER}
+    for key, name in names.items():
+        totals[key] = totals.get(key, 0.0) + timers.get(name, 0.0) / 1000.0
 
 
 def _grad_norm_now(engine) -> torch.Tensor:
