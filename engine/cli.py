@@ -99,7 +99,10 @@ def _read_tokens(cls: type, argv: list[str], flags: Sequence[Flag], positionals:
         if flag is not None and flag.value is not _TAKES_VALUE:
             if has_value:
                 raise ConfigError(f"{name} takes no value, got {token!r}")
-            assignments.append((key, flag.value))
+            if flag.extra:  # a switch that is not a config field (pretrain's --dry-run)
+                extras[key] = flag.value
+            else:
+                assignments.append((key, flag.value))
             continue
         if flag is None and name != "--config":
             try:

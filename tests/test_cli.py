@@ -148,7 +148,7 @@ SCRIPTS = {
     "pretrain": dict(base=["--config", str(ROOT / "configs/tiny_demo.toml")],
                      override=(["--optim.lr=5e-4", "--model.compile=true"],
                                lambda c: c[0].optim.lr == 5e-4 and c[0].model.compile),
-                     alias=(["--resume", "auto", "--local_rank=0"], lambda c: c[1] == {"resume": "auto", "local_rank": "0"}),
+                     alias=(["--resume", "auto", "--local_rank=0"], lambda c: c[1] == {"resume": "auto", "local_rank": "0", "dry_run": None}),
                      choice="--optim.name=sgd"),
     "demo": dict(base=[], override=(["--steps=5"], lambda c: c.steps == 5),
                  alias=(["--vocab-size", "300", "--ner-epochs", "2"], lambda c: (c.vocab_size, c.ner_epochs) == (300, 2)),

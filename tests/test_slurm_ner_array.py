@@ -13,7 +13,7 @@ import pytest
 
 from engine.corpus.demo import write_demo_ner
 from engine.ner.conll import read_conll
-from engine.ner.tiny_model import write_tiny_bert
+from tests.tiny_model import write_tiny_bert
 
 pytestmark = pytest.mark.slow
 
