@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopSignals()  # from the start: a preemption during set-up must not kill the job unsaved
     try:
         if extras.get("dry_run"):
-            from engine.cluster.preflight import dry_run
+            from engine.training.preflight import dry_run
             print(dry_run(config, extras["resume"]))
             return 0
         dist = dist_from_env()
