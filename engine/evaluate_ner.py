@@ -15,12 +15,12 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from engine.cli import CONFIG_FILE, Flag, parse_config, print_config, save_config
 from engine.config import ConfigError
 from engine.ner.errors import NerError
 from engine.ner.finetune import FinetuneConfig
+from engine.ner.iob import Scheme
 
 
 @dataclass
@@ -32,7 +32,8 @@ class EvaluateConfig:
     out: str  # output folder
     tasks: list[str] = field(default_factory=list)  # task folders, comma-separated (default: all under data)
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])  # fine-tuning seeds, comma-separated
-    scheme: Literal["auto", "iob2", "iob1"] = "auto"  # tag scheme of the input files
+    scheme: Scheme = "auto"  # tag dialect of the input files (auto: detected per file, printed and reported)
+    entity_type: str | None = None  # entity type of bare B/I/O tags (default: the task folder's name)
     repair_iob: bool = False  # turn an I-X that starts an entity into B-X (warn)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # fine-tuning; None values = task preset
 
@@ -57,6 +58,7 @@ FLAGS = [
     Flag("--max-train-sentences", "finetune.max_train_sentences"),
     Flag("--device", "finetune.device"),
     Flag("--repair-iob", "repair_iob", value=True),
+    Flag("--entity-type", "entity_type"),
 ]
 
 
@@ -84,8 +86,11 @@ def evaluate(config: EvaluateConfig) -> int:
     resolve_device(config.finetune.device, NerError)
     names = [t.strip().lower() for t in config.tasks if t.strip()] or available_tasks(config.data)
     names = list(dict.fromkeys(names))
-    tasks = [load_task(config.data, name, config.scheme, config.repair_iob, config.finetune.max_train_sentences)
+    tasks = [load_task(config.data, name, config.scheme, config.repair_iob, config.finetune.max_train_sentences,
+                       config.entity_type)
              for name in names]
+    for task in tasks:
+        print(f"{task.name}: tags " + ", ".join(f"{split} {scheme}" for split, scheme in task.schemes.items()), flush=True)
     print(f"model {model_dir}; tasks {', '.join(names)}; seeds {config.seeds}", flush=True)
     units = [run_unit(model_dir, tokenizer, task, seed, config.finetune, config.out, log=lambda m: print(m, flush=True))
              for task in tasks for seed in config.seeds]

@@ -75,8 +75,7 @@ def test_line_with_a_single_column_is_an_error(tmp_path):
 
 def test_prediction_file_has_token_gold_pred_and_reads_back(tmp_path):
     (tmp_path / "g.tsv").write_text("Aspirin\tB-Chemical\nworks\tO\n\n")
-    sentences = read_conll(tmp_path / "g.tsv").sentences
-    write_predictions(tmp_path / "p.tsv", sentences, [["O", "O"]])
+    write_predictions(tmp_path / "p.tsv", read_conll(tmp_path / "g.tsv"), [["O", "O"]])
     assert (tmp_path / "p.tsv").read_text() == "Aspirin\tB-Chemical\tO\nworks\tO\tO\n\n"
     back = read_conll(tmp_path / "p.tsv").sentences[0]
     assert back.middle == [("B-Chemical",), ("O",)] and back.tags == ["O", "O"]

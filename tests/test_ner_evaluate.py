@@ -221,8 +221,8 @@ def test_line_with_wrong_columns_is_refused_with_its_line(setup, tmp_path):
 
 def test_unknown_tag_scheme_is_refused(setup, tmp_path):
     path = _copy_data(setup, tmp_path) / "train.tsv"
-    path.write_text(path.read_text().replace("B-Chemical", "S-Chemical", 1))
-    _refused(setup, tmp_path, match=r"error: .*train\.tsv:\d+: tag 'S-Chemical' is not typed IOB")
+    path.write_text(path.read_text().replace("B-Chemical", "Z-Chemical", 1))
+    _refused(setup, tmp_path, match=r"error: .*train\.tsv:\d+: tag 'Z-Chemical' is not in a known scheme")
 
 
 def test_i_after_o_is_refused_in_strict_mode_and_repaired_on_request(setup, tmp_path):

@@ -26,7 +26,8 @@ def demo(tmp_path_factory):
 
 def _gold_as_prediction(tokenizer, path, out, max_length, context):
     """Reader → label ids → windows → 'predictions' read off the windows → writer → reader → score."""
-    sentences = read_conll(path).sentences
+    data = read_conll(path)
+    sentences = data.sentences
     labels = ["O"] + sorted({t for s in sentences for t in s.tags} - {"O"})
     label_id = {label: i for i, label in enumerate(labels)}
     windows = make_windows(tokenizer, [s.words for s in sentences], [[label_id[t] for t in s.tags] for s in sentences],
@@ -34,7 +35,7 @@ def _gold_as_prediction(tokenizer, path, out, max_length, context):
     wrong = len(labels) - 1  # any position read other than an owned first piece turns into a wrong entity tag
     rows = [[wrong if label == IGNORE else label for label in w.labels] for w in windows]
     ids = gather_word_predictions(windows, rows, [len(s.words) for s in sentences])
-    write_predictions(out, sentences, [[labels[i] for i in row] for row in ids])
+    write_predictions(out, data, [[labels[i] for i in row] for row in ids])
     back = read_conll(out).sentences
     assert [s.words for s in back] == [s.words for s in sentences]
     return windows, score([[m[0] for m in s.middle] for s in back], [s.tags for s in back])

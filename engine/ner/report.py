@@ -136,6 +136,10 @@ def markdown(units: list[dict], summary: dict) -> str:
         lines.append(f"| {u['task']} | {u['seed']} | {r['epochs']} | {u['best_epoch']} | {r['lr']:g} | {r['batch_size']} "
                      f"| {u['sizes']['train']} | {100 * u['devel']['f1']:.2f} | {100 * u['test']['precision']:.2f} "
                      f"| {100 * u['test']['recall']:.2f} | {100 * u['test']['f1']:.2f} | {u['wall_s']:.0f} | {r['device']} |")
+    lines += ["", "## Tag schemes read (converted to IOB2 for training and scoring)", ""]
+    for task in summary:
+        schemes = next(u for u in units if u["task"] == task).get("schemes", {})
+        lines.append(f"- {task}: " + ", ".join(f"{split} {scheme}" for split, scheme in schemes.items()))
     return "\n".join(lines) + "\n"
 
 

@@ -50,7 +50,7 @@ class TaskData:
     folder: Path  # the folder the splits were read from
     splits: dict[str, ConllFile]  # "train" / "devel" / "test"
     labels: list[str]  # "O" first, then the train labels sorted
-    schemes: dict[str, str]  # split → scheme found in the file ("iob2" / "iob1")
+    schemes: dict[str, str]  # split → dialect found in the file ("iob2", "iobes", "iob2 untyped (type Gene)" ...)
     repaired: dict[str, int]  # split → number of I- tags repaired into B-
 
 
@@ -90,8 +90,12 @@ def preset_for(task: str) -> TaskPreset:
 
 
 def load_task(data_root: str | Path, task: str, scheme: Scheme = "auto", repair: bool = False,
-              max_train_sentences: int | None = None) -> TaskData:
-    """Read and check train/devel/test of `task`; devel/test labels must all occur in train."""
+              max_train_sentences: int | None = None, entity_type: str | None = None) -> TaskData:
+    """Read and check train/devel/test of `task` (tags to IOB2); devel/test labels must all occur in train.
+
+    Bare `B`/`I`/`O` tags get `entity_type`, by default the task folder's name, so that reports stay
+    per type (BioBERT's `BC2GM/train.tsv` reads as `B-BC2GM` ...).
+    """
     folder = task_folder(data_root, task)
     splits, schemes, repaired = {}, {}, {}
     for split in ("train", "devel", "test"):
@@ -100,7 +104,7 @@ def load_task(data_root: str | Path, task: str, scheme: Scheme = "auto", repair:
             names = "/".join(f"{s}.tsv" for s in SPLIT_NAMES[split])
             raise NerError(f"{folder}: no {split} file ({names})")
         data = read_conll(path)
-        report = normalise_tags(data, scheme, repair)
+        report = normalise_tags(data, scheme, repair, entity_type or folder.name)
         splits[split], schemes[split], repaired[split] = data, report.scheme, report.repaired
     train_labels = {"O"} | {t for s in splits["train"].sentences for t in s.tags}
     for split in ("devel", "test"):

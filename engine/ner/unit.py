@@ -35,7 +35,7 @@ def run_unit(model_dir: Path, tokenizer, task: TaskData, seed: int, config: Fine
     outcome = finetune(model, tokenizer, task, config, recipe, seed, log)
     folder = unit_folder(out_dir, task.name, seed)
     for split in ("devel", "test"):
-        write_predictions(folder / f"{split}.pred.tsv", task.splits[split].sentences, outcome[split]["predicted"])
+        write_predictions(folder / f"{split}.pred.tsv", task.splits[split], outcome[split]["predicted"])
     result = {
         "kind": UNIT_KIND, "task": task.name, "seed": seed, "model": str(model_dir),
         "labels": task.labels, "schemes": task.schemes, "repaired": task.repaired,
