@@ -251,13 +251,13 @@ def test_model_folder_without_tokenizer_is_refused(setup, tmp_path):
 @pytest.mark.parametrize("layout", [("latest",), ("global_step10/mp_rank_00_model_states.pt",),
                                     ("step_00000200/zero_pp_rank_0_mp_rank_00_model_states.pt",),
                                     ("run_state.json",)])
-def test_deepspeed_checkpoint_is_refused_with_the_export_command(setup, tmp_path, layout):
+def test_incomplete_deepspeed_checkpoint_is_taken_for_one_and_refused(setup, tmp_path, layout):
     _copy_data(setup, tmp_path)
     ckpt = tmp_path / "ckpt"
     for name in layout:
         (ckpt / name).parent.mkdir(parents=True, exist_ok=True)
         (ckpt / name).write_text("")
-    _refused(setup, tmp_path, model=ckpt, match=r"error: .*DeepSpeed checkpoint.*python engine/export_hf\.py")
+    _refused(setup, tmp_path, model=ckpt, match=r"error: .*ckpt: cannot export the checkpoint: no complete checkpoint")
 
 
 def test_unknown_option_is_refused_with_usage_exit_status(setup, tmp_path, capsys):

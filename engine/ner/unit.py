@@ -24,8 +24,12 @@ def unit_folder(out_dir: str | Path, task: str, seed: int) -> Path:
 
 
 def run_unit(model_dir: Path, tokenizer, task: TaskData, seed: int, config: FinetuneConfig, out_dir: str | Path,
-             log: Callable[[str], None] = lambda _: None) -> dict:
-    """Fine-tune and score one seed on one task; returns the unit result (also written to disk)."""
+             log: Callable[[str], None] = lambda _: None, model_name: str | None = None) -> dict:
+    """Fine-tune and score one seed on one task; returns the unit result (also written to disk).
+
+    `model_name` is what the report calls the model (default `model_dir`): the checkpoint the user
+    named when `model_dir` is a temporary export of it.
+    """
     started = time.perf_counter()
     seed_everything(seed)  # before the head is created: its initial weights come from the seed
     model = load_token_classifier(model_dir, task.labels)
@@ -37,7 +41,7 @@ def run_unit(model_dir: Path, tokenizer, task: TaskData, seed: int, config: Fine
     for split in ("devel", "test"):
         write_predictions(folder / f"{split}.pred.tsv", task.splits[split], outcome[split]["predicted"])
     result = {
-        "kind": UNIT_KIND, "task": task.name, "seed": seed, "model": str(model_dir),
+        "kind": UNIT_KIND, "task": task.name, "seed": seed, "model": model_name or str(model_dir),
         "labels": task.labels, "schemes": task.schemes, "repaired": task.repaired,
         "sizes": {split: len(data.sentences) for split, data in task.splits.items()},
         "train_windows": outcome["train_windows"], "best_epoch": outcome["best_epoch"],

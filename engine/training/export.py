@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -99,3 +102,17 @@ def export_checkpoint(checkpoint: Path, out: Path, tokenizer_dir: Path | None = 
     return save_hf_folder(model, out, tokenizer_dir=tokenizer_dir, true_vocab_size=config.vocab_size,
                           overwrite=overwrite, inputs={"checkpoint": Path(checkpoint), "checkpoint tag": tag_dir},
                           config_extras={VOCAB_KEY: vocabulary_sha256(tokenizer_dir)})
+
+
+@contextlib.contextmanager
+def exported_checkpoint(checkpoint: Path, tokenizer_dir: Path | None = None) -> Iterator[Path]:
+    """`export_checkpoint` into a temporary folder, removed on exit (also when the caller fails).
+
+    For tools that take an HF folder (the NER evaluator) but are handed a run's checkpoint: the
+    same export code as `export_hf.py`, without leaving a copy of the weights behind.
+    """
+    scratch = Path(tempfile.mkdtemp(prefix="bioptimus-export-"))
+    try:
+        yield export_checkpoint(checkpoint, scratch / "hf", tokenizer_dir)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
