@@ -24,6 +24,7 @@ setup(
         "psutil>=5.9",
         "tensorboard>=2.15",
         "matplotlib>=3.8",
+        "pyarrow>=15",
     ],
     extras_require={
         "dev": ["pytest>=8"],

@@ -6,8 +6,13 @@
     # train a 30k WordPiece vocabulary on the corpus first
     python engine/prepare_data.py --corpus pubmed_baseline/ --out data/pubmed --vocab-size 30522 --workers 16
 
-The corpus is a folder of .txt files (document = file), JSONL with a `text` field, or PubMed
-baseline XML (.xml/.xml.gz). The output folder holds manifest.json, tokenizer.json (loadable by
+    # a Parquet export (or CSV/TSV) with title and abstract columns, id from the pmid column
+    python engine/prepare_data.py --corpus pubmed.parquet --text-field title,abstract --id-field pmid \\
+        --out data/pubmed --vocab ../shared/data/vocab/pubmed-uncased-abstracts-vocab.txt
+
+The corpus is a folder of .txt files (document = file), JSONL with a `text` field, PubMed
+baseline XML (.xml/.xml.gz), or Parquet / CSV / TSV (document = row, header row for CSV/TSV).
+The output folder holds manifest.json, tokenizer.json (loadable by
 `transformers.AutoTokenizer`) and the shards read by `engine.shards.PackedShards`.
 """
 from __future__ import annotations
@@ -24,6 +29,7 @@ from tqdm import tqdm
 from engine.cli import CONFIG_FILE, Flag, parse_config, print_config, save_config
 from engine.config import ConfigError
 from engine.corpus.readers import FORMATS, CorpusError, corpus_files, iter_documents
+from engine.corpus.tabular import TableFields
 from engine.shards.build import ShardOptions, build_shards, check_destination
 from engine.shards.manifest import ShardError
 from engine.shards.vocab import VocabError, read_vocab_file, train_vocab
@@ -33,9 +39,11 @@ from engine.shards.vocab import VocabError, read_vocab_file, train_vocab
 class PrepareConfig:
     """What `engine/prepare_data.py` reads: corpus, vocabulary source, shard options, throughput knobs."""
 
-    corpus: Path  # corpus file or folder (.txt files, .jsonl[.gz], PubMed .xml[.gz])
+    corpus: Path  # corpus file or folder (.txt files, .jsonl[.gz], PubMed .xml[.gz], .parquet, .csv, .tsv)
     out: Path  # output shard folder (built in a temporary folder, renamed at the end)
     format: Literal[FORMATS] = "auto"  # corpus format; auto decides per file from its name
+    text_field: list[str] = field(default_factory=lambda: ["text"])  # Parquet/CSV/TSV: text column(s), newline-joined
+    id_field: str | None = None  # Parquet/CSV/TSV: document id column (default: <file name>:<row>)
     vocab: Path | None = None  # existing WordPiece vocab.txt to adopt (one token per line)
     vocab_size: int | None = None  # train a WordPiece vocabulary of this size on the corpus
     min_frequency: int = 2  # vocabulary training: least count of a merged pair
@@ -62,6 +70,8 @@ FLAGS = [
     Flag("--cased", "shards.lowercase", value=False),
     Flag("--pack-buffer", "shards.pack_buffer"),
     Flag("--batch-documents", "batch_documents"),
+    Flag("--text-field", "text_field"),
+    Flag("--id-field", "id_field"),
 ]
 
 
@@ -103,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     print_config(config, "prepare_data")
     try:
+        fields = TableFields.parse(config.text_field, config.id_field)
         corpus_files(config.corpus, config.format)
         if config.corpus.is_dir() and (config.out.resolve() == config.corpus.resolve()
                                        or config.corpus.resolve() in config.out.resolve().parents):
@@ -114,11 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if not config.quiet:
                 print(f"training a {config.vocab_size:,}-entry WordPiece vocabulary on {config.corpus}", file=sys.stderr)
-            tokenizer = train_vocab((text for _, text in iter_documents(config.corpus, config.format)),
+            tokenizer = train_vocab((text for _, text in iter_documents(config.corpus, config.format, fields=fields)),
                                     config.vocab_size, config.shards.lowercase, config.min_frequency)
         bar, on_file_done, on_batch = make_progress(config.corpus, config.format, config.quiet)
         with bar:
-            documents = iter_documents(config.corpus, config.format, on_file_done=on_file_done)
+            documents = iter_documents(config.corpus, config.format, fields=fields, on_file_done=on_file_done)
             result = build_shards(documents, config.out, tokenizer, config.shards, workers=config.workers,
                                   overwrite=config.overwrite, batch_documents=config.batch_documents,
                                   progress=on_batch)

@@ -48,7 +48,7 @@ def test_help_documents_every_option():
     assert result.returncode == 0
     for option in ("--corpus", "--format", "--out", "--vocab", "--vocab-size", "--min-frequency", "--seq-len",
                    "--valid-fraction", "--cased", "--pack-buffer", "--workers", "--batch-documents",
-                   "--overwrite", "--quiet"):
+                   "--overwrite", "--quiet", "--text-field", "--id-field"):
         assert option in result.stdout
 
 

@@ -1,12 +1,14 @@
 """Streaming corpus readers: one document at a time, so a corpus of any size fits in memory.
 
-Three formats, chosen per file by its name when `fmt="auto"`:
+Formats, chosen per file by its name when `fmt="auto"`:
 - `txt`: a folder of `.txt` files, document = file (the shared PMC corpus), id = relative path
   without the suffix, files in sorted order;
 - `jsonl`: `.jsonl` / `.jsonl.gz`, one JSON object per line with a string `text` field; id = its
   `id` field when present, else `<file name>:<line>`;
 - `pubmed-xml`: PubMed baseline `.xml` / `.xml.gz`, document = title + abstract of one
-  `PubmedArticle`, id = its PMID; parsed with `iterparse` and cleared as it goes.
+  `PubmedArticle`, id = its PMID; parsed with `iterparse` and cleared as it goes;
+- `parquet` (`.parquet`), `csv` (`.csv[.gz]`), `tsv` (`.tsv[.gz]`): document = row, text from the
+  columns named by `TableFields` (default `text`), see `engine.corpus.tabular`.
 
 Readers yield the text as stored (no normalisation: see `engine.corpus.normalize`). Anything that
 cannot be read raises `CorpusError` with a one-line message naming the file (and line).
@@ -20,13 +22,13 @@ from pathlib import Path
 from typing import Callable, Iterator, Literal
 from xml.etree import ElementTree
 
-Format = Literal["auto", "txt", "jsonl", "pubmed-xml"]
-FORMATS = ("auto", "txt", "jsonl", "pubmed-xml")
-_SUFFIXES = {"txt": (".txt",), "jsonl": (".jsonl", ".jsonl.gz"), "pubmed-xml": (".xml", ".xml.gz")}
+from engine.corpus.errors import CorpusError
+from engine.corpus.tabular import TableFields, read_delimited, read_parquet
 
-
-class CorpusError(ValueError):
-    """A corpus that cannot be read: missing, empty, undecodable or malformed (message names where)."""
+Format = Literal["auto", "txt", "jsonl", "pubmed-xml", "parquet", "csv", "tsv"]
+FORMATS = ("auto", "txt", "jsonl", "pubmed-xml", "parquet", "csv", "tsv")
+_SUFFIXES = {"txt": (".txt",), "jsonl": (".jsonl", ".jsonl.gz"), "pubmed-xml": (".xml", ".xml.gz"),
+             "parquet": (".parquet",), "csv": (".csv", ".csv.gz"), "tsv": (".tsv", ".tsv.gz")}
 
 
 def file_format(path: Path) -> str | None:
@@ -53,7 +55,7 @@ def corpus_files(path: str | Path, fmt: Format = "auto") -> list[tuple[Path, str
         found = file_format(root) if fmt == "auto" else fmt
         if found is None:
             raise CorpusError(f"{root}: cannot tell the corpus format from the file name "
-                              f"(use .txt, .jsonl[.gz], .xml[.gz] or pass the format)")
+                              f"(use .txt, .jsonl[.gz], .xml[.gz], .parquet, .csv[.gz], .tsv[.gz] or pass the format)")
         return [(root, found)]
     files = []
     for file in sorted(root.rglob("*"), key=lambda p: p.relative_to(root).as_posix()):
@@ -64,7 +66,7 @@ def corpus_files(path: str | Path, fmt: Format = "auto") -> list[tuple[Path, str
             files.append((file, found))
     if not files:
         wanted = "corpus" if fmt == "auto" else fmt
-        raise CorpusError(f"corpus is empty: no {wanted} files (.txt, .jsonl, .xml) under {root}")
+        raise CorpusError(f"corpus is empty: no {wanted} files (.txt, .jsonl, .xml, .parquet, .csv, .tsv) under {root}")
     return files
 
 
@@ -145,32 +147,37 @@ def read_pubmed_xml(path: Path) -> Iterator[tuple[str, str]]:
         raise CorpusError(f"{path}: cannot read: {exc}") from None
 
 
-def iter_file_documents(path: Path, fmt: str, doc_id: str | None = None) -> Iterator[tuple[str, str]]:
-    """The documents of one corpus file of a known format."""
+def iter_file_documents(path: Path, fmt: str, doc_id: str | None = None,
+                        fields: TableFields = TableFields()) -> Iterator[tuple[str, str]]:
+    """The documents of one corpus file of a known format (`fields`: columns of Parquet/CSV/TSV)."""
     if fmt == "txt":
         return read_txt(path, doc_id if doc_id is not None else path.stem)
     if fmt == "jsonl":
         return read_jsonl(path)
     if fmt == "pubmed-xml":
         return read_pubmed_xml(path)
+    if fmt == "parquet":
+        return read_parquet(path, fields)
+    if fmt in ("csv", "tsv"):
+        return read_delimited(path, fields, "," if fmt == "csv" else "\t")
     raise CorpusError(f"unknown corpus format {fmt!r} (known: {', '.join(FORMATS)})")
 
 
-def iter_documents(path: str | Path, fmt: Format = "auto", *,
+def iter_documents(path: str | Path, fmt: Format = "auto", *, fields: TableFields = TableFields(),
                    on_file_done: Callable[[Path], None] | None = None) -> Iterator[tuple[str, str]]:
     """Yield (doc_id, text) for every non-empty document of the corpus at `path`, streaming.
 
     `on_file_done(file)` is called after each corpus file is read (progress bars measure bytes).
 
     Raises CorpusError for a missing path, a corpus without documents, undecodable bytes,
-    malformed JSONL lines and malformed XML, each naming the file (and line).
+    malformed JSONL lines, XML, Parquet and CSV/TSV, each naming the file (and line or row).
     """
     root = Path(path)
     files = corpus_files(root, fmt)
     count = 0
     for file, file_fmt in files:
         doc_id = file.relative_to(root).with_suffix("").as_posix() if root.is_dir() else file.stem
-        for doc in iter_file_documents(file, file_fmt, doc_id):
+        for doc in iter_file_documents(file, file_fmt, doc_id, fields):
             count += 1
             yield doc
         if on_file_done is not None:
