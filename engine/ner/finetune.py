@@ -16,6 +16,7 @@ from typing import Callable, Literal
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from engine.io import resolve_device
 from engine.ner.errors import NerError
@@ -40,6 +41,7 @@ class FinetuneConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
     bf16: bool = True  # bf16 autocast on GPU (CPU always runs fp32)
     max_train_sentences: int | None = None  # quick runs: use only the first N train sentences
+    progress_bar: bool = True  # tqdm bar per unit: steps, running loss, ETA (like pre-training's)
 
     def __post_init__(self):
         for name in ("lr", "epochs", "batch_size", "max_train_sentences"):
@@ -54,6 +56,9 @@ class FinetuneConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.weight_decay < 0 or self.max_grad_norm < 0 or self.eval_batch_size <= 0:
             raise ValueError("weight_decay and max_grad_norm must be ≥ 0 and eval_batch_size > 0")
+
+
+LOSS_SHOWN_EVERY = 10  # steps between loss updates on the progress bar (each one syncs with the device)
 
 
 @dataclass
@@ -149,36 +154,47 @@ def finetune(model, tokenizer, task: TaskData, config: FinetuneConfig, recipe: R
     scheduler = _linear_warmup_decay(optimizer, int(total * config.warmup_ratio), total)
     order_rng = torch.Generator().manual_seed(seed)
     best_f1, best_state, best_epoch = -1.0, None, 0
-    for epoch in range(1, recipe.epochs + 1):
-        started = time.perf_counter()
-        model.train()
-        losses = []
-        indices = torch.randperm(len(windows), generator=order_rng)
-        for start in range(0, len(windows), recipe.batch_size):
-            batch = {k: v.to(recipe.device) for k, v in
-                     collate([windows[i] for i in indices[start:start + recipe.batch_size].tolist()],
-                             tokenizer.pad_token_id).items()}
-            with _autocast(recipe):
-                loss = model(**batch).loss
-            loss.backward()
-            if config.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.detach())
-        mean_loss = float(torch.stack(losses).float().mean()) if losses else float("nan")
-        if not math.isfinite(mean_loss):
-            raise FloatingPointError(f"{task.name} seed {seed} epoch {epoch}: training loss is {mean_loss} "
-                                     f"(lr {recipe.lr:g}); the run diverged")
-        # Model selection: score devel after every epoch, keep the best state in memory.
-        devel_f1 = score(devel_gold, predict_tags(model, tokenizer, devel_words, task.labels, recipe))["f1"]
-        recipe.history.append({"epoch": epoch, "train_loss": mean_loss, "devel_f1": devel_f1,
-                               "seconds": time.perf_counter() - started})
-        log(f"{task.name} seed {seed} epoch {epoch}/{recipe.epochs}: loss {mean_loss:.4f} devel F1 {100 * devel_f1:.2f}")
-        if devel_f1 > best_f1:
-            best_f1, best_epoch = devel_f1, epoch
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    bar = tqdm(total=total, desc=f"{task.name} seed {seed}", unit="step", dynamic_ncols=True,
+               disable=not config.progress_bar)
+    try:
+        for epoch in range(1, recipe.epochs + 1):
+            started = time.perf_counter()
+            model.train()
+            losses = []
+            indices = torch.randperm(len(windows), generator=order_rng)
+            for start in range(0, len(windows), recipe.batch_size):
+                batch = {k: v.to(recipe.device) for k, v in
+                         collate([windows[i] for i in indices[start:start + recipe.batch_size].tolist()],
+                                 tokenizer.pad_token_id).items()}
+                with _autocast(recipe):
+                    loss = model(**batch).loss
+                loss.backward()
+                if config.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(loss.detach())
+                bar.update()
+                if len(losses) % LOSS_SHOWN_EVERY == 0:  # .item() syncs: not every step
+                    bar.set_postfix(epoch=epoch, loss=f"{float(torch.stack(losses[-LOSS_SHOWN_EVERY:]).mean()):.4f}")
+            mean_loss = float(torch.stack(losses).float().mean()) if losses else float("nan")
+            if not math.isfinite(mean_loss):
+                raise FloatingPointError(f"{task.name} seed {seed} epoch {epoch}: training loss is {mean_loss} "
+                                         f"(lr {recipe.lr:g}); the run diverged")
+            # Model selection: score devel after every epoch, keep the best state in memory.
+            devel_f1 = score(devel_gold, predict_tags(model, tokenizer, devel_words, task.labels, recipe))["f1"]
+            recipe.history.append({"epoch": epoch, "train_loss": mean_loss, "devel_f1": devel_f1,
+                                   "seconds": time.perf_counter() - started})
+            bar.set_postfix(epoch=epoch, loss=f"{mean_loss:.4f}", devel_f1=f"{100 * devel_f1:.2f}")
+            with bar.external_write_mode():  # the epoch line above the bar, not through it
+                log(f"{task.name} seed {seed} epoch {epoch}/{recipe.epochs}: loss {mean_loss:.4f} "
+                    f"devel F1 {100 * devel_f1:.2f}")
+            if devel_f1 > best_f1:
+                best_f1, best_epoch = devel_f1, epoch
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    finally:
+        bar.close()
     model.load_state_dict(best_state)
     out = {"best_epoch": best_epoch, "train_windows": len(windows)}
     for split in ("devel", "test"):
