@@ -7,6 +7,7 @@
     python engine/benchmark.py ner --out bench/ner.json
     python engine/benchmark.py kernels --out bench/kernels.json
     python engine/benchmark.py cluster --out bench/cluster.json
+    python engine/benchmark.py parquet_rss --limit-mb 10 --out bench/parquet_rss.json
 
 Each subcommand lives in `engine/benchmarks/<name>.py` as `add_arguments(parser)` + `run(args) -> dict`.
 """
@@ -18,7 +19,7 @@ import sys
 
 from engine.cli import fail
 
-SUBCOMMANDS = ["data", "train", "masking", "distill", "ner", "kernels", "cluster"]
+SUBCOMMANDS = ["data", "train", "masking", "distill", "ner", "kernels", "cluster", "parquet_rss"]
 
 
 class OneLineParser(argparse.ArgumentParser):

