@@ -17,11 +17,10 @@ from typing import Literal
 
 from engine.ner.conll import ConllFile
 from engine.ner.errors import NerError
-from engine.ner.schemes import PREFIXES, SCHEME_ALIASES, SCHEMES, Dialect, add_type, split_tag, to_iob2
+from engine.ner.schemes import PREFIXES, SCHEME_ALIASES, Dialect, add_type, split_tag, to_iob2
 
 TAG = re.compile(r"^(O|[BIESLU](-\S+)?)$")
 Scheme = Literal["auto", "iob2", "iob1", "iobes", "bioes", "bilou"]
-SCHEME_CHOICES = ("auto", *SCHEMES, *SCHEME_ALIASES)
 
 
 @dataclass

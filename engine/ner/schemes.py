@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SCHEMES = ("iob2", "iob1", "iobes", "bilou")
-SCHEME_ALIASES = {"bioes": "iobes", "iob": "iob2"}
+SCHEME_ALIASES = {"bioes": "iobes"}
 _LAST = {"iobes": "E", "bilou": "L"}  # prefix of the last token of a multi-token entity
 _SINGLE = {"iobes": "S", "bilou": "U"}  # prefix of a one-token entity
 PREFIXES = {"iob2": "BI", "iob1": "BI", "iobes": "BIES", "bilou": "BILU"}
@@ -28,6 +28,10 @@ class Dialect:
 
     scheme: str = "iob2"  # one of SCHEMES
     entity_type: str | None = None  # set when the file's tags are bare `B`/`I`/`O`: the type they stand for
+
+    def __post_init__(self):
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"unknown tag scheme {self.scheme!r} (known: {', '.join(SCHEMES)})")
 
     def describe(self) -> str:
         return self.scheme + (f" untyped (type {self.entity_type})" if self.entity_type else "")
