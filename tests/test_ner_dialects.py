@@ -69,6 +69,16 @@ def test_each_dialect_reads_as_the_same_iob2_and_writes_back_byte_for_byte(tmp_p
     assert (tmp_path / "back.tsv").read_bytes() == original.read_bytes()
 
 
+def test_docstart_lines_anywhere_are_kept_in_place(tmp_path):
+    text = "-DOCSTART- -X- O\n\n-DOCSTART- -X- O\n\na\tB-C\n\nb\tO\n-DOCSTART- -X- O\n\nc\tO\n\n-DOCSTART- -X- O\n\n"
+    data = read_conll(_write(tmp_path / "train.tsv", text))
+    assert [s.words for s in data.sentences] == [["a"], ["b"], ["c"]]
+    normalise_tags(data)
+    write_conll(tmp_path / "back.tsv", data)
+    # the one change: a -DOCSTART- glued to a sentence gets the blank line of the canonical layout
+    assert (tmp_path / "back.tsv").read_text() == text.replace("b\tO\n-DOCSTART-", "b\tO\n\n-DOCSTART-")
+
+
 @pytest.mark.parametrize("scheme", UNTYPED)
 @pytest.mark.parametrize("newline", ["\n", "\r\n"])
 def test_bare_tags_take_the_given_type_and_write_back_bare(tmp_path, scheme, newline):

@@ -70,8 +70,9 @@ def read_conll(path: str | Path) -> ConllFile:
             if current.words:
                 sentences.append(current)
                 current = Sentence([], [], [], [])
-            if is_docstart:
-                docstarts[len(sentences)] = line
+            if is_docstart:  # two in a row (an empty document) stay together, blank line between
+                before = docstarts.get(len(sentences))
+                docstarts[len(sentences)] = line if before is None else before + newline + newline + line
             continue
         columns, sep = _split(line)
         if len(columns) < 2:
