@@ -12,7 +12,7 @@ from engine.corpus.demo import write_demo_ner
 from engine.evaluate_ner import main
 from engine.ner.conll import read_conll
 from engine.ner.schemes import from_iob2
-from engine.ner.tiny_model import write_tiny_bert
+from tests.tiny_model import write_tiny_bert
 
 QUICK = ["--epochs", "2", "--lr", "1e-2", "--batch-size", "8", "--max-length", "64", "--seeds", "1"]
 
