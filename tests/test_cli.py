@@ -123,9 +123,11 @@ def test_saved_config_is_the_resolved_config_and_leaves_no_temp_file(tmp_path):
 SCRIPTS = {
     "prepare_data": dict(base=["--corpus", "c", "--out", "o", "--vocab-size", "500"],
                          override=(["--shards.pack_buffer=17"], lambda c: c.shards.pack_buffer == 17),
-                         alias=(["--seq-len", "64", "128", "--cased", "--min-frequency", "3"],
+                         alias=(["--seq-len", "64", "128", "--cased", "--min-frequency", "3",
+                                 "--text-field", "title,abstract", "--id-field", "pmid"],
                                 lambda c: c.shards.seq_lens == [64, 128] and not c.shards.lowercase
-                                and c.min_frequency == 3),
+                                and c.min_frequency == 3
+                                and (c.text_field, c.id_field) == (["title", "abstract"], "pmid")),
                          choice="--format=docx"),
     "distill_init": dict(base=["--teacher", "t", "--vocab", "v", "--corpus", "c", "--out", "o"],
                          override=(["--distill.k=4"], lambda c: c.distill.k == 4),
@@ -133,9 +135,10 @@ SCRIPTS = {
                          choice="--distill.method=best"),
     "evaluate_ner": dict(base=["--model", "m", "--data", "d", "--out", "o"],
                          override=(["--finetune.warmup_ratio=0.2"], lambda c: c.finetune.warmup_ratio == 0.2),
-                         alias=(["--epochs", "2", "--batch-size", "8", "--repair-iob", "--seeds", "4,5"],
-                                lambda c: (c.finetune.epochs, c.finetune.batch_size, c.repair_iob, c.seeds)
-                                == (2, 8, True, [4, 5])),
+                         alias=(["--epochs", "2", "--batch-size", "8", "--repair-iob", "--seeds", "4,5",
+                                 "--entity-type", "Gene", "--scheme", "bioes"],
+                                lambda c: (c.finetune.epochs, c.finetune.batch_size, c.repair_iob, c.seeds,
+                                           c.entity_type, c.scheme) == (2, 8, True, [4, 5], "Gene", "bioes")),
                          choice="--device=tpu"),
     "export_hf": dict(base=["ckpt", "hf"],
                       override=(["--tokenizer=tok"], lambda c: c.tokenizer == Path("tok")),
