@@ -138,6 +138,28 @@ def _linear_warmup_decay(optimizer, warmup_steps: int, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _train_epoch(model, windows: list, pad_id: int, optimizer, scheduler, config: FinetuneConfig, recipe: Recipe,
+                 bar, epoch: int) -> float:
+    """One pass over `windows` (already in this epoch's order); returns the mean training loss."""
+    model.train()
+    losses = []
+    for start in range(0, len(windows), recipe.batch_size):
+        batch = {k: v.to(recipe.device) for k, v in collate(windows[start:start + recipe.batch_size], pad_id).items()}
+        with _autocast(recipe):
+            loss = model(**batch).loss
+        loss.backward()
+        if config.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.detach())
+        bar.update()
+        if len(losses) % LOSS_SHOWN_EVERY == 0:  # .item() syncs: not every step
+            bar.set_postfix(epoch=epoch, loss=f"{float(torch.stack(losses[-LOSS_SHOWN_EVERY:]).mean()):.4f}")
+    return float(torch.stack(losses).float().mean()) if losses else float("nan")
+
+
 def finetune(model, tokenizer, task: TaskData, config: FinetuneConfig, recipe: Recipe, seed: int,
              log: Callable[[str], None] = lambda _: None) -> dict:
     """Train `model` on task train, select the best devel epoch, return devel/test scores and tags."""
@@ -159,26 +181,9 @@ def finetune(model, tokenizer, task: TaskData, config: FinetuneConfig, recipe: R
     try:
         for epoch in range(1, recipe.epochs + 1):
             started = time.perf_counter()
-            model.train()
-            losses = []
             indices = torch.randperm(len(windows), generator=order_rng)
-            for start in range(0, len(windows), recipe.batch_size):
-                batch = {k: v.to(recipe.device) for k, v in
-                         collate([windows[i] for i in indices[start:start + recipe.batch_size].tolist()],
-                                 tokenizer.pad_token_id).items()}
-                with _autocast(recipe):
-                    loss = model(**batch).loss
-                loss.backward()
-                if config.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                losses.append(loss.detach())
-                bar.update()
-                if len(losses) % LOSS_SHOWN_EVERY == 0:  # .item() syncs: not every step
-                    bar.set_postfix(epoch=epoch, loss=f"{float(torch.stack(losses[-LOSS_SHOWN_EVERY:]).mean()):.4f}")
-            mean_loss = float(torch.stack(losses).float().mean()) if losses else float("nan")
+            mean_loss = _train_epoch(model, [windows[i] for i in indices.tolist()], tokenizer.pad_token_id,
+                                     optimizer, scheduler, config, recipe, bar, epoch)
             if not math.isfinite(mean_loss):
                 raise FloatingPointError(f"{task.name} seed {seed} epoch {epoch}: training loss is {mean_loss} "
                                          f"(lr {recipe.lr:g}); the run diverged")
