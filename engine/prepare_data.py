@@ -14,6 +14,10 @@ The corpus is a folder of .txt files (document = file), JSONL with a `text` fiel
 baseline XML (.xml/.xml.gz), or Parquet / CSV / TSV (document = row, header row for CSV/TSV).
 The output folder holds manifest.json, tokenizer.json (loadable by
 `transformers.AutoTokenizer`) and the shards read by `engine.shards.PackedShards`.
+
+Killed at any point (preemption, SIGKILL, Ctrl-C) and run again with the same arguments, it
+continues from its last checkpoint in `.{out}.building` and writes the same bytes as an
+uninterrupted run; the documents already done are re-read but not tokenised again.
 """
 from __future__ import annotations
 
@@ -50,13 +54,14 @@ class PrepareConfig:
     shards: ShardOptions = field(default_factory=ShardOptions)  # what shapes the shard files (kept in the manifest)
     workers: int = field(default_factory=os.cpu_count)  # tokenizer threads; does not change the output
     batch_documents: int = 64  # documents per tokenizer call; does not change the output
+    checkpoint_tokens: int = 1_000_000  # checkpoint the build this often (tokens) so that a re-run after a kill continues from there; does not change the output
     overwrite: bool = False  # replace different shards already in out
     quiet: bool = False  # no progress bar
 
     def __post_init__(self):
         if (self.vocab is None) == (self.vocab_size is None):
             raise ValueError("give exactly one of --vocab (adopt a vocab.txt) and --vocab-size (train one)")
-        for name in ("vocab_size", "min_frequency", "workers", "batch_documents"):
+        for name in ("vocab_size", "min_frequency", "workers", "batch_documents", "checkpoint_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
@@ -72,6 +77,7 @@ FLAGS = [
     Flag("--batch-documents", "batch_documents"),
     Flag("--text-field", "text_field"),
     Flag("--id-field", "id_field"),
+    Flag("--checkpoint-tokens", "checkpoint_tokens"),
 ]
 
 
@@ -99,6 +105,8 @@ def print_summary(result, out: Path, elapsed: float) -> None:
     manifest = result.manifest
     corpus = manifest["corpus"]
     print(f"{result.status}: {out} (vocabulary {manifest['tokenizer']['vocab_size']:,} entries)")
+    if result.resumed_documents:
+        print(f"resumed an interrupted build: {result.resumed_documents:,} documents reused from its checkpoint")
     print(f"documents {corpus['documents']:,} (train {manifest['splits']['train']['documents']:,}, "
           f"valid {manifest['splits']['valid']['documents']:,}); tokens {corpus['tokens']:,}; "
           f"{elapsed:.1f} s, {corpus['tokens'] / max(elapsed, 1e-9):,.0f} tokens/s")
@@ -132,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             documents = iter_documents(config.corpus, config.format, fields=fields, on_file_done=on_file_done)
             result = build_shards(documents, config.out, tokenizer, config.shards, workers=config.workers,
                                   overwrite=config.overwrite, batch_documents=config.batch_documents,
-                                  progress=on_batch)
+                                  progress=on_batch, checkpoint_tokens=config.checkpoint_tokens)
     except (CorpusError, VocabError, ShardError, ConfigError) as exc:
         sys.exit(f"error: {exc}")
     save_config(config, config.out / CONFIG_FILE)

@@ -1,11 +1,14 @@
 """`engine/prepare_data.py`: summary on success, documented options, one-line errors without output."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -48,7 +51,7 @@ def test_help_documents_every_option():
     assert result.returncode == 0
     for option in ("--corpus", "--format", "--out", "--vocab", "--vocab-size", "--min-frequency", "--seq-len",
                    "--valid-fraction", "--cased", "--pack-buffer", "--workers", "--batch-documents",
-                   "--overwrite", "--quiet", "--text-field", "--id-field"):
+                   "--checkpoint-tokens", "--overwrite", "--quiet", "--text-field", "--id-field"):
         assert option in result.stdout
 
 
@@ -147,3 +150,32 @@ def test_rebuild_over_a_damaged_shard_repairs_it_instead_of_reporting_unchanged(
     assert result.returncode == 0, result.stderr
     assert _summary(result).startswith("replaced:"), result.stdout
     assert ids.read_bytes() == good
+
+
+def test_killed_run_continues_from_its_checkpoint_and_writes_the_same_bytes(tmp_path):
+    corpus = write_demo_corpus(tmp_path / "corpus", num_docs=1500)
+    args = ["--corpus", corpus, "--vocab-size", 500, "--seq-len", 64, 128, "--workers", 1, "--batch-documents", 4,
+            "--checkpoint-tokens", 2000, "--quiet"]
+    assert run(*args, "--out", tmp_path / "whole").returncode == 0
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *map(str, args), "--out", str(tmp_path / "out")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / ".out.building" / "checkpoint.json"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the build finished before its first checkpoint could be seen"
+    result = run(*args, "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"resumed an interrupted build: [\d,]+ documents reused", result.stdout)
+
+    def digest(root: Path) -> dict[str, str]:
+        return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*")) if p.is_file()}
+    assert digest(tmp_path / "out") == digest(tmp_path / "whole")
+
+
+def test_checkpoint_interval_must_be_positive(corpus, tmp_path):
+    result = run("--corpus", corpus, "--out", tmp_path / "out", "--vocab-size", 500, "--checkpoint-tokens", 0)
+    assert_one_line_error(result, "checkpoint_tokens must be at least 1")
+    assert not (tmp_path / "out").exists()

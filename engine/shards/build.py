@@ -1,31 +1,38 @@
-"""Corpus → packed shard folder, streaming, into a temporary folder renamed into place at the end.
+"""Corpus → packed shard folder, streaming, into a work folder renamed into place at the end.
 
 Documents are normalised (`FastNormalizer`, exact) and tokenised in batches by `tokenizers` (Rust,
 parallel over `workers` threads) on a second thread while the main thread splits them into
 train/valid by a hash of their id, cuts and packs them per sequence length, and writes rows as they
 come: memory stays flat however large the corpus. The output depends only on the documents, the
 tokenizer and `ShardOptions` (never on `workers` or batch size): same input ⇒ byte-identical files.
+The work folder is checkpointed as it fills (`engine.shards.resume`): a killed build run again
+continues from its last checkpoint and still gives those same bytes.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from engine.io import TOKENIZER_FILES, swap_in_folder, temp_sibling_dir
+from engine.io import TOKENIZER_FILES, swap_in_folder
 from engine.shards.manifest import FORMAT, MANIFEST, SPLITS, ShardError, manifest_text, read_manifest, verify_files
 from engine.shards.packing import Packer
+from engine.shards.resume import CHECKPOINT, build_key, load_checkpoint, save_checkpoint
 from engine.corpus.normalize import FastNormalizer
 from engine.shards.vocab import (save_tokenizer, special_ids, tokenizer_hash, uses_text_normalizer, vocab_list,
                                  without_normalizer)
 from engine.shards.writer import DocumentLog, ShardSetWriter
+
+LOCK = ".lock"
 
 
 @dataclass
@@ -58,6 +65,7 @@ class BuildResult:
 
     status: str  # "written", "replaced" or "unchanged"
     manifest: dict  # the manifest of the shards now in the output folder
+    resumed_documents: int = 0  # documents whose work an interrupted build had already done
 
 
 def is_valid_document(doc_id: str, valid_fraction: float) -> bool:
@@ -142,30 +150,74 @@ class BatchEncoder:
         return ids
 
 
+class CorpusChanged(ShardError):
+    """The documents re-read on resume are not those the interrupted build had consumed."""
+
+
 def write_shards(documents: Iterable[tuple[str, str]], root: Path, tokenizer: Tokenizer,
                  options: ShardOptions, batch_documents: int = 64,
-                 progress: Callable[[int, int], None] | None = None) -> dict:
-    """Tokenise, pack and write everything into `root` (an empty folder); returns the manifest.
+                 progress: Callable[[int, int], None] | None = None,
+                 checkpoint_tokens: int = 4_000_000) -> tuple[dict, int]:
+    """Tokenise, pack and write everything into the work folder `root`; returns (manifest, number of
+    documents reused from a checkpoint found there).
+
+    Every `checkpoint_tokens` tokens the state is checkpointed (`engine.shards.resume`); a run that
+    finds a checkpoint of the same build re-reads (without tokenising) the documents it covers, checks
+    their fingerprint and continues from there, so the output is byte-identical to an uninterrupted
+    run. Documents consumed before a failure are not counted: a checkpoint lies between batches.
 
     Long because the writers, packers, document logs and corpus fingerprint are opened, fed by
     the overlapped tokenise/pack loop and closed into the one manifest; split, all four would
-    travel between the pieces."""
+    travel between the pieces.
+    """
     save_tokenizer(tokenizer, root, options.lowercase)
     vocab = vocab_list(tokenizer)
     special = special_ids(tokenizer)
     id_dtype = np.dtype(np.uint16 if len(vocab) <= 65535 else np.uint32)
     continuation = np.array([token.startswith("##") for token in vocab], dtype=bool)
+    key = build_key(tokenizer_hash(tokenizer), options)
+    resume = load_checkpoint(root, key)
 
-    logs = {split: DocumentLog(root, split) for split in SPLITS}
+    def state_of(section: str, name: str) -> dict | None:
+        return None if resume is None else resume.state[section][name]
+
+    logs = {split: DocumentLog(root, split, state_of("logs", split)) for split in SPLITS}
     packers = {(split, L): Packer(L, options.pack_buffer) for split in SPLITS for L in options.seq_lens}
-    writers = {(split, L): ShardSetWriter(root, split, L, special, id_dtype)
+    writers = {(split, L): ShardSetWriter(root, split, L, special, id_dtype, state_of("writers", f"{split}/{L}"))
                for split in SPLITS for L in options.seq_lens}
     fingerprint = hashlib.sha256()
+    consumed = 0
 
-    def add_batch(batch: list[tuple[str, str]], batch_ids: list[list[int]]) -> None:
+    def fingerprint_document(doc_id: str, text: str) -> None:
+        fingerprint.update(doc_id.encode("utf-8") + b"\0" + text.encode("utf-8") + b"\0")
+
+    documents = iter(documents)
+    if resume is not None:
+        for doc_id, text in islice(documents, resume.documents):
+            fingerprint_document(doc_id, text)
+            consumed += 1
+        if consumed != resume.documents or fingerprint.hexdigest() != resume.state["fingerprint"]:
+            raise CorpusChanged(f"the corpus differs from the one the interrupted build in {root} started on")
+        for (split, L), packer in packers.items():
+            packer.buffer = resume.buffers[f"{split}/{L}"]
+        if progress is not None:
+            progress(consumed, 0)
+
+    def checkpoint() -> None:
+        state = {"key": key, "documents": consumed, "fingerprint": fingerprint.hexdigest(),
+                 "logs": {split: log.state() for split, log in logs.items()},
+                 "writers": {f"{split}/{L}": writer.state() for (split, L), writer in writers.items()}}
+        state["files"] = {log.name: state["logs"][split]["bytes"] for split, log in logs.items()}
+        for (split, L), writer in writers.items():
+            state["files"].update({writer.names[k]: size for k, size in state["writers"][f"{split}/{L}"]["bytes"].items()})
+        save_checkpoint(root, state, {f"{split}/{L}": packer.buffer for (split, L), packer in packers.items()})
+
+    def add_batch(batch: list[tuple[str, str]], batch_ids: list[list[int]]) -> int:
+        nonlocal consumed
         tokens = 0
         for (doc_id, text), doc_ids in zip(batch, batch_ids):
-            fingerprint.update(doc_id.encode("utf-8") + b"\0" + text.encode("utf-8") + b"\0")
+            fingerprint_document(doc_id, text)
+            consumed += 1
             ids = np.array(doc_ids, dtype=id_dtype)
             if len(ids) == 0:
                 continue
@@ -177,15 +229,20 @@ def write_shards(documents: Iterable[tuple[str, str]], root: Path, tokenizer: To
             tokens += len(ids)
         if progress is not None:
             progress(len(batch), tokens)
+        return tokens
 
     # Tokenise batch k+1 (Rust threads, GIL released) while Python packs and writes batch k.
     encode = BatchEncoder(tokenizer, options.lowercase)
+    since_checkpoint = 0
     with ThreadPoolExecutor(max_workers=1) as encoder:
         pending = None
         for batch in _batches(documents, batch_documents):
             future = encoder.submit(encode, [text for _, text in batch])
             if pending is not None:
-                add_batch(pending[0], pending[1].result())
+                since_checkpoint += add_batch(pending[0], pending[1].result())
+                if since_checkpoint >= checkpoint_tokens:
+                    checkpoint()
+                    since_checkpoint = 0
             pending = (batch, future)
         if pending is not None:
             add_batch(pending[0], pending[1].result())
@@ -218,14 +275,40 @@ def write_shards(documents: Iterable[tuple[str, str]], root: Path, tokenizer: To
         "files": files,
     }
     (root / MANIFEST).write_text(manifest_text(manifest), encoding="utf-8")
-    return manifest
+    return manifest, 0 if resume is None else resume.documents
+
+
+def _clear_work_folder(work: Path) -> None:
+    """Empty `work` but keep its lock file (held by this process)."""
+    for child in work.iterdir():
+        if child.name == LOCK:
+            continue
+        if child.is_dir():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _lock(work: Path):
+    """An exclusive lock on the work folder: two builds into the same output would corrupt each other."""
+    handle = open(work / LOCK, "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ShardError(f"another build is writing into {work}") from None
+    return handle
 
 
 def build_shards(documents: Iterable[tuple[str, str]], out: str | Path, tokenizer: Tokenizer,
                  options: ShardOptions, workers: int | None = None, overwrite: bool = False,
-                 batch_documents: int = 64, progress: Callable[[int, int], None] | None = None) -> BuildResult:
+                 batch_documents: int = 64, progress: Callable[[int, int], None] | None = None,
+                 checkpoint_tokens: int = 4_000_000) -> BuildResult:
     """Build the shard folder `out` atomically: nothing appears there unless the build completes.
 
+    The work happens in `.{out.name}.building` beside `out`. A build killed there (SIGKILL, SIGTERM,
+    Ctrl-C, power cut after the page cache reached disk) leaves its last checkpoint; the same call
+    again continues from it and produces the same bytes. A build that fails on bad input removes it.
     An `out` already holding identical shards is left untouched (`unchanged`); different shards
     raise ShardError unless `overwrite`.
     """
@@ -233,22 +316,40 @@ def build_shards(documents: Iterable[tuple[str, str]], out: str | Path, tokenize
     if workers is not None:  # read by tokenizers' thread pool when it first starts
         os.environ["RAYON_NUM_THREADS"] = str(workers)
         os.environ["RAYON_RS_NUM_CPUS"] = str(workers)
+    if checkpoint_tokens < 1:
+        raise ShardError(f"checkpoint_tokens must be positive, got {checkpoint_tokens}")
     check_destination(out, tokenizer, options, overwrite)
-    tmp = temp_sibling_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = out.parent / f".{out.name}.building"
+    work.mkdir(exist_ok=True)
+    lock = _lock(work)
     try:
-        manifest = write_shards(documents, tmp, tokenizer, options, batch_documents, progress)
+        if load_checkpoint(work, build_key(tokenizer_hash(tokenizer), options)) is None:
+            _clear_work_folder(work)
+        try:
+            manifest, reused = write_shards(documents, work, tokenizer, options, batch_documents, progress,
+                                            checkpoint_tokens)
+        except CorpusChanged:
+            _clear_work_folder(work)
+            raise CorpusChanged(f"the corpus differs from the one an interrupted build into {out} started on; "
+                                f"its checkpoint is discarded, run again") from None
+        (work / LOCK).unlink()
+        for leftover in [*work.glob("buffers-*.npz"), *work.glob(".*.tmp*"), work / CHECKPOINT]:  # .tmp: a kill mid-write
+            leftover.unlink(missing_ok=True)
         if (out / MANIFEST).is_file() and not overwrite:
             _refuse_other_corpus(out, manifest)
         if (out / MANIFEST).is_file() and (out / MANIFEST).read_text(encoding="utf-8") == manifest_text(manifest):
             try:  # checksums, not sizes: a flipped byte must not pass as "unchanged"
                 verify_files(out, manifest["files"], checksums=True)
-                shutil.rmtree(tmp)
-                return BuildResult("unchanged", manifest)
+                shutil.rmtree(work)
+                return BuildResult("unchanged", manifest, reused)
             except ShardError:
                 pass  # the same shards, damaged: the fresh build replaces them
         status = "replaced" if out.exists() and any(out.iterdir()) else "written"
-        swap_in_folder(tmp, out)
-        return BuildResult(status, manifest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        swap_in_folder(work, out)
+        return BuildResult(status, manifest, reused)
+    except Exception:
+        shutil.rmtree(work, ignore_errors=True)
         raise
+    finally:
+        lock.close()
