@@ -5,7 +5,10 @@
 
 The folder (config.json, model.safetensors, tokenizer files) loads with
 `AutoModelForMaskedLM.from_pretrained` / `AutoTokenizer.from_pretrained`, and `engine/pretrain.py`
-starts from it with `--model.init_from=FOLDER`.
+starts from it with `--model.init_from=FOLDER`. Before it is moved into place the export is checked:
+no empty or all-zero weight, every tensor and the parameter count the config implies, and the
+logits of the exported model equal to the engine's on a probe batch; otherwise one `error:` line
+and no output.
 """
 from __future__ import annotations
 
@@ -38,10 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     from engine.training.export import export_checkpoint
 
     try:
-        print(export_checkpoint(config.checkpoint, config.out, config.tokenizer, config.overwrite))
+        result = export_checkpoint(config.checkpoint, config.out, config.tokenizer, config.overwrite)
     except (CheckpointError, HFFolderError) as exc:
         sys.exit(f"error: {exc}")
     save_config(config, config.out / CONFIG_FILE)
+    print(f"{result['folder']} (from {result['checkpoint']}): checked {result['parameters']:,} parameters in "
+          f"{result['tensors']} tensors; logits equal the engine's within {result['max_logit_difference']:.2g}")
     return 0
 
 

@@ -11,7 +11,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -145,12 +145,14 @@ def save_hf_folder(
     overwrite: bool = False,
     inputs: dict[str, Path] | None = None,
     config_extras: dict[str, Any] | None = None,
+    check: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write `out_dir` (config.json, model.safetensors, tokenizer files from `tokenizer_dir`) so that
     `AutoModelForMaskedLM.from_pretrained(out_dir)` loads it; all or nothing (temp dir + rename).
     An existing `out_dir` is replaced only with `overwrite` and only when the engine wrote it; an
     `out_dir` overlapping the tokenizer folder or any of `inputs` is refused (engine.outputs).
-    `config_extras` are written into config.json beside the architecture."""
+    `config_extras` are written into config.json beside the architecture. `check`, when given, is
+    called on the finished temp folder before it replaces `out_dir`; what it raises cancels the write."""
     from engine.outputs import OutputFolderError, check_replaceable, mark_owned
 
     out_dir = Path(out_dir)
@@ -175,5 +177,7 @@ def save_hf_folder(
         for f in tokenizer_files:
             shutil.copy2(f, tmp / f.name)
         mark_owned(tmp, HF_KIND)
+        if check is not None:
+            check(tmp)
     return out_dir
 
