@@ -1,8 +1,11 @@
 """Vectorised MLM masking of one packed batch: token or whole-word unit, 80/10/10 corruption.
 
-Masks are drawn on the fly for every batch, so every epoch sees fresh masks, and they are a pure
-function of (seed, step, micro_step, rank) through `mask_seed`, never of a random stream that a
-restart would reset: a resumed run re-draws exactly the masks the uninterrupted run drew.
+Masks are drawn on the fly for every batch, so every epoch sees fresh masks. Each ROW's mask is a
+pure function of the row's tokens and a 64-bit row key (`row_keys`): the training stream keys a row
+by (seed, phase, global position of the row in the run), never by rank, micro-step or a random
+stream that a restart would reset. So a resumed run re-draws exactly the masks the uninterrupted run
+drew, and a run on 1, 2 or 4 ranks with the same global batch masks every row the same way. The
+random numbers are a counter-based hash (splitmix64) of (row key, column): no generator state.
 
 How words are chosen (the part that matters for whole-word masking): each row's target is
 `rate × maskable tokens` TOKENS, as in BERT's `create_masked_lm_predictions`, not a share of words.
@@ -31,6 +34,7 @@ import torch
 IGNORE_INDEX = -100  # label value at positions that are not predicted (torch cross-entropy default)
 KEY_BINS = 256  # distinct random key values per unit; ties at the threshold key are rare (~1 unit)
 _MASK64 = (1 << 64) - 1
+LANES = 2  # independent hash streams per position: 0 = choice and corruption, 1 = random replacement
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,31 @@ def mask_seed(seed: int, step: int, micro_step: int, rank: int) -> int:
     return state >> 1
 
 
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser on uint64 arrays (wrapping arithmetic): a counter-based random hash."""
+    z = x + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def row_keys(seed: int, stream: int, positions) -> torch.Tensor:
+    """int64 [B] mask keys of rows at `positions` (global positions in the run, or row numbers) of
+    `stream` (the curriculum phase); equal inputs give equal keys, on any rank, in any run."""
+    base = np.uint64(mask_seed(seed, stream, 0, 0))
+    with np.errstate(over="ignore"):
+        keys = _splitmix64(np.asarray(positions, dtype=np.uint64) * np.uint64(0xD1B54A32D192ED03) ^ base)
+    return torch.from_numpy(keys.view(np.int64))
+
+
+def keyed_bits(keys: torch.Tensor, cols: int, lane: int) -> np.ndarray:
+    """uint64 [B, cols] random bits, a pure function of (row key, column, lane < LANES)."""
+    row = keys.numpy().view(np.uint64)[:, None]
+    col = np.arange(cols, dtype=np.uint64)[None, :] * np.uint64(LANES) + np.uint64(lane)
+    with np.errstate(over="ignore"):
+        return _splitmix64(row ^ _splitmix64(col))
+
+
 def _as_tensor(array, int64: bool = False) -> torch.Tensor:
     """numpy (zero-copy where the dtype allows) or torch input as a torch tensor."""
     if isinstance(array, torch.Tensor):
@@ -125,21 +154,17 @@ def _as_tensor(array, int64: bool = False) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64 if int64 else None))
 
 
-def random_draws(rows: int, cols: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Three independent uniform draws per position from ONE generator call (6 bytes per position).
+def random_draws(keys: torch.Tensor, cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Three independent uniform draws per position from one 64-bit hash of (row key, column).
 
-    Returns (key uint8 [rows, cols], crossing int16 [rows, cols], corruption int16 [rows, cols]).
-    Full-range int64 draws carry 64 random bits each, several times cheaper per bit than
-    `torch.rand`/`torch.randint`, which cost one generator call per element.
+    Returns (key uint8 [rows, cols], crossing int16 [rows, cols], corruption int16 [rows, cols]):
+    bits 0-7, 16-31 and 32-47 of the hash.
     """
-    n = rows * cols
-    raw = torch.empty(3 * ((n + 3) // 4), dtype=torch.int64).random_(-(2 ** 63), 2 ** 63 - 1, generator=generator)
-    words = raw.view(torch.int16)  # 4 per int64; the first n/2 words hold the n key bytes
-    stride = 4 * ((n + 3) // 4)
-    key = words[:stride].view(torch.uint8)[:n].view(rows, cols)
-    crossing = words[stride:stride + n].view(rows, cols)
-    corruption = words[2 * stride:2 * stride + n].view(rows, cols)
-    return key, crossing, corruption
+    bits = keyed_bits(keys, cols, 0)
+    key = (bits & np.uint64(0xFF)).astype(np.uint8)
+    crossing = ((bits >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.uint16).view(np.int16)
+    corruption = ((bits >> np.uint64(32)) & np.uint64(0xFFFF)).astype(np.uint16).view(np.int16)
+    return torch.from_numpy(key), torch.from_numpy(crossing), torch.from_numpy(corruption)
 
 
 def choose_units(unit_tokens: torch.Tensor, target: torch.Tensor, key: torch.Tensor, crossing: torch.Tensor) -> torch.Tensor:
@@ -186,13 +211,13 @@ def select_positions(word_start: torch.Tensor | None, maskable: torch.Tensor, un
     return chosen_words.gather(1, word_index) & maskable
 
 
-def mask_batch(batch, spec: MaskingSpec, seed: int | torch.Generator, vocab: MaskingVocab) -> MaskedBatch:
+def mask_batch(batch, spec: MaskingSpec, seed: int | torch.Tensor, vocab: MaskingVocab) -> MaskedBatch:
     """Mask one packed batch (`PackedBatch(ids, word_start, segment_ids)`, numpy or torch, [B, L]).
 
-    `seed` is an int (use `mask_seed(seed, step, micro_step, rank)`) or a torch.Generator.
+    `seed` is the rows' keys (int64 [B], from `row_keys`: what the training stream passes) or one
+    int for the whole batch (row b is then keyed `row_keys(seed, 0, b)`; evaluation and benchmarks).
     Position i is maskable iff its id is not special and its segment id is not 0 (padding).
     """
-    generator = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(int(seed))
     ids = _as_tensor(batch.ids, int64=True)
     segments = _as_tensor(batch.segment_ids)
     word_start = _as_tensor(batch.word_start) if spec.unit == "word" else None
@@ -200,8 +225,11 @@ def mask_batch(batch, spec: MaskingSpec, seed: int | torch.Generator, vocab: Mas
         raise ValueError(f"ids, word_start and segment_ids must share one [B, L] shape, got {tuple(ids.shape)}")
     if ids.numel() and int(ids.max()) >= vocab.vocab_size:
         raise ValueError(f"token id {int(ids.max())} is outside the vocabulary of {vocab.vocab_size}")
+    keys = seed if isinstance(seed, torch.Tensor) else row_keys(int(seed), 0, np.arange(ids.shape[0]))
+    if keys.dtype != torch.int64 or keys.shape != ids.shape[:1]:
+        raise ValueError(f"row keys must be int64 [{ids.shape[0]}], got {keys.dtype} {tuple(keys.shape)}")
     maskable = ~vocab.special_lut.index_select(0, ids.view(-1)).view(ids.shape) & (segments != 0)
-    key, crossing, draw = random_draws(*ids.shape, generator)
+    key, crossing, draw = random_draws(keys, ids.shape[1])
     chosen = select_positions(word_start, maskable, spec.unit, spec.rate, key, crossing)
 
     labels = ids.masked_fill(~chosen, IGNORE_INDEX)
@@ -212,8 +240,10 @@ def mask_batch(batch, spec: MaskingSpec, seed: int | torch.Generator, vocab: Mas
         up_to_random = _below(draw, spec.mask_prob + spec.random_prob)
         if up_to_random is not None:
             to_random &= up_to_random
-        count = int(to_random.sum())
-        if count:
+        if bool(to_random.any()):
+            # a second hash lane: 32 bits per position, multiply-shift onto the pool (bias < pool / 2^32)
             pool = vocab.replacement_ids
-            input_ids.masked_scatter_(to_random, pool[torch.randint(0, pool.numel(), (count,), generator=generator)])
+            bits = torch.from_numpy((keyed_bits(keys, ids.shape[1], 1) >> np.uint64(32)).view(np.int64))
+            index = (bits[to_random] * pool.numel()) >> 32
+            input_ids.masked_scatter_(to_random, pool[index])
     return MaskedBatch(input_ids, segments.long(), labels)

@@ -155,6 +155,13 @@ class DistributedSampler:
         offset, count = step_slice(self.world_size, self.rank, micro_step, micro_batch_size)
         return self._orders[seq_len].rows(self.state.consumed[seq_len] + offset, count)
 
+    def micro_batch_positions(self, seq_len: int, micro_batch_size: int, micro_step: int) -> np.ndarray:
+        """Global positions, in the `seq_len` stream, of the rows `micro_batch_rows` gives: what masks
+        are keyed by, so that a row is masked the same whichever rank and micro-step reads it."""
+        offset, count = step_slice(self.world_size, self.rank, micro_step, micro_batch_size)
+        start = self.state.consumed[seq_len] + offset
+        return np.arange(start, start + count)
+
     def advance_step(self, seq_len: int, micro_batch_size: int, grad_accum: int) -> None:
         """Mark one optimizer step of the `seq_len` stream consumed (by all ranks together)."""
         self.state.consumed[seq_len] += self.world_size * grad_accum * micro_batch_size

@@ -21,14 +21,17 @@
 already-open shard sets (`{seq_len: PackedShards}`; anything with `len()`, `get_batch(indices)`,
 `.vocab_size`, `.special_ids`) and a resolved `Curriculum` (see `engine.curriculum.schedule`).
 
-Determinism: micro-batch (step, micro_step) of rank r reads rows fixed by the sampler's global
-position (`engine.curriculum.sampler`) and masks them with seed `mask_seed(seed, step, micro_step,
-rank)`, so a stream restored with `load_state_dict` yields bit-identical batches and masks to the
-uninterrupted run. A background thread (bounded queue of `prefetch` micro-batches; 0 = no thread)
+Determinism: each optimizer step reads the next `world_size × grad_accum × micro_batch_size`
+global positions of the sampler's order (`engine.curriculum.sampler`); micro-batch (step,
+micro_step) of rank r takes the slice `step_slice` gives it, and each row is masked by its key
+`row_keys(seed, phase, global position)`. A row's mask therefore depends on where it sits in the
+run, not on which rank or micro-step reads it: a stream restored with `load_state_dict` yields
+bit-identical batches and masks to the uninterrupted run, and runs on different numbers of ranks
+with the same global batch read and mask the same rows in every step. A background thread (bounded queue of `prefetch` micro-batches; 0 = no thread)
 assembles and masks ahead of compute; `state_dict()` describes only what `next_micro_batch` has
 returned, never what is merely prefetched. Resuming on another world size is allowed at a step
-boundary: positions are global, so no row is skipped or repeated (the masks then differ, since
-they are per rank).
+boundary: positions are global, so no row is skipped or repeated, and masks stay those of the
+uninterrupted run.
 """
 from __future__ import annotations
 
@@ -38,8 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
+import numpy as np
+
 from engine.config import ConfigError
-from engine.curriculum.masking import MaskedBatch, MaskingVocab, make_masking_vocab, mask_batch, mask_seed
+from engine.curriculum.masking import MaskedBatch, MaskingVocab, make_masking_vocab, mask_batch, row_keys
 from engine.curriculum.sampler import DistributedSampler, SamplerState
 from engine.curriculum.schedule import Curriculum, CurriculumConfig, Phase, resolve_curriculum
 from engine.curriculum.shard_sets import open_shard_sets, shard_facts
@@ -221,9 +226,10 @@ class TrainingStream:
         here, step by step with the position, and `_seek` puts it back where a producer (re)starts."""
         phase = self.curriculum.phase_at(position.step)
         rows = self._sampler.micro_batch_rows(phase.seq_len, phase.micro_batch_size, position.micro_step)
+        positions = self._sampler.micro_batch_positions(phase.seq_len, phase.micro_batch_size, position.micro_step)
         raw = self.shard_sets[phase.seq_len].get_batch(rows)
-        seed = mask_seed(self.seed, position.step, position.micro_step, self.rank)
-        batch = mask_batch(raw, phase.spec_at(position.step), seed, self.vocab)
+        keys = row_keys(self.seed, phase.index, positions)
+        batch = mask_batch(raw, phase.spec_at(position.step), keys, self.vocab)
         if position.micro_step + 1 < self.grad_accum:
             after = _Position(position.step, position.micro_step + 1, position.consumed)
         else:

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as torch_dist
 
 from engine.bert.flops import training_flops
+from engine.curriculum.masking import mask_seed
 from engine.io import atomic_write_text
 from engine.shards.vocab import vocabulary_sha256
 from engine.training import checkpoints
@@ -69,11 +70,20 @@ class _Interval:
         self.breakdown.clear()
 
 
-def seed_rank_rngs(seed: int, rank: int) -> None:
-    """Per-rank RNG streams (dropout) for a fresh run; a resumed run restores the saved ones."""
-    random.seed(seed + rank)
-    np.random.seed((seed + rank) % 2**32)
-    torch.manual_seed(seed + 7919 * (rank + 1))
+RNG_STREAM = 1 << 20  # keeps the dropout seeds apart from mask_seed's (step, micro_step) seeds
+
+
+def seed_step_rngs(seed: int, step: int, rank: int) -> None:
+    """Seed every RNG (dropout included) from (seed, step, rank) at the start of each optimizer step.
+
+    Nothing random is carried from one step to the next, so a resumed run, or a rank that did not
+    exist before the restart, draws what the uninterrupted run would have drawn at that step; the
+    saved RNG states are not needed.
+    """
+    value = mask_seed(seed, step, RNG_STREAM, rank)
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    torch.manual_seed(value)
 
 
 class Trainer:
@@ -105,7 +115,6 @@ class Trainer:
         scheduler = build_scheduler(optimizer, self.cfg.optim, self.total_steps)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                     config=self.plan.ds_config, dist_init_required=False)
-        seed_rank_rngs(self.cfg.seed, self.dist.rank)
         if self.plan.resume_from is not None:
             self.resume()
         # A CPU group for the stop flag, so agreeing on it never waits for the GPU's queue.
@@ -184,6 +193,7 @@ class Trainer:
     def train_step(self):
         """One optimizer step: `grad_accum` micro-steps; returns the phase of the last micro-batch."""
         self.engine.train()
+        seed_step_rngs(self.cfg.seed, self.state.step, self.dist.rank)
         log_next = self._due(self.cfg.logging.interval, self.state.step + 1)
         tokens = samples = 0
         flops = 0.0
