@@ -19,7 +19,7 @@ import torch
 
 from engine.bert.config import BertConfig, from_hf_config, preset
 from engine.config import ConfigError, to_dict
-from engine.training import checkpoints
+from engine.training import checkpoints, elastic
 from engine.training.config import PretrainConfig
 from engine.training.ds_config import complete_ds_config, read_ds_config
 from engine.training.evaluation import ValidationSet
@@ -49,6 +49,8 @@ class RunPlan:
     resume_from: Path | None  # complete checkpoint tag folder to load, if resuming (by the Trainer)
     resume_state: dict | None  # its run_state.json, already checked against the model
     validation: object | None  # engine.training.evaluation.ValidationSet, None when eval.interval = 0
+    world_size_change: str | None = None  # log line when resuming on another number of ranks
+    load_universal: bool = False  # ZeRO state must go through a universal checkpoint (world size changed)
 
 
 def _free_port() -> int:
@@ -257,6 +259,14 @@ def prepare_run(config: PretrainConfig, dist: Dist, resume: str | None) -> RunPl
 
     if not Path(config.data.shards).is_dir():
         raise ConfigError(f"data.shards: no shard folder at {config.data.shards}")
+    resume_from = find_resume(config, resume, dist.rank)
+    resume_state = None
+    world_size_change = None
+    if resume_from is not None:
+        resume_state = checkpoints.read_run_state(resume_from)
+        batch, world_size_change = elastic.batch_for_world_size(config.batch, resume_state, dist.world_size,
+                                                                resume_from)
+        config = dataclasses.replace(config, batch=batch)
     stream = open_training_stream(
         config.data.shards, config.curriculum, total_steps=config.steps, seed=config.seed, rank=dist.rank,
         world_size=dist.world_size, micro_batch_size=config.batch.micro, grad_accum=config.batch.grad_accum,
@@ -270,17 +280,20 @@ def prepare_run(config: PretrainConfig, dist: Dist, resume: str | None) -> RunPl
     if config.model.compile and ds.get("zero_optimization", {}).get("stage", 0) == 3:
         raise ConfigError("model.compile: not supported with ZeRO stage 3 (its parameter hooks break "
                           "the compiled graphs); use stage 0-2 or model.compile=false")
-    resume_from = find_resume(config, resume, dist.rank)
-    resume_state = None
+    load_universal = False
     if resume_from is not None:
-        resume_state = checkpoints.read_run_state(resume_from)
         check_checkpoint_fits(resume_from, resume_state, model_config)
         check_checkpoint_vocabulary(resume_from, resume_state, config)
+        load_universal = elastic.needs_universal(resume_state, dist.world_size,
+                                                 ds.get("zero_optimization", {}).get("stage", 0))
+        if load_universal:
+            ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
     validation = ValidationSet.open(config, stream, dist) if config.eval.interval else None
     configure_kernels(config.model.kernels, dist.device, dist.rank)
     model = build_model(config, model_config)
     return RunPlan(config=config, dist=dist, model_config=model_config, model=model, stream=stream, ds_config=ds,
-                   resume_from=resume_from, resume_state=resume_state, validation=validation)
+                   resume_from=resume_from, resume_state=resume_state, validation=validation,
+                   world_size_change=world_size_change, load_universal=load_universal)
 
 
 def describe_run(plan: RunPlan) -> dict:

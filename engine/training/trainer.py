@@ -28,7 +28,7 @@ from engine.bert.flops import training_flops
 from engine.curriculum.masking import mask_seed
 from engine.io import atomic_write_text
 from engine.shards.vocab import vocabulary_sha256
-from engine.training import checkpoints
+from engine.training import checkpoints, elastic
 from engine.training.ds_config import offloads_optimizer, precision_of
 from engine.training.metrics import MetricsWriter, peak_flops, peak_memory_gib, throughput
 from engine.training.optim import build_optimizer, build_scheduler, lr_multiplier
@@ -135,7 +135,12 @@ class Trainer:
             self.stream.load_state_dict(saved["data"])
         except (KeyError, ValueError) as exc:
             raise checkpoints.CheckpointError(f"{tag_dir}: data position does not fit this run: {exc}") from None
-        client = checkpoints.load_checkpoint(self.engine, tag_dir, self.dist.rank, self.dist.world_size)
+        # Another number of ranks under ZeRO 1-3: load through a universal checkpoint (engine.training.elastic).
+        rank = self.dist.rank
+        load_from = elastic.shared_universal(tag_dir, rank) if self.plan.load_universal else tag_dir
+        client = checkpoints.load_checkpoint(self.engine, load_from, rank, self.dist.world_size)
+        if self.plan.load_universal:
+            elastic.drop_universal(tag_dir, rank)
         self.state = TrainState(step=int(client["step"]), consumed_tokens=int(client["consumed_tokens"]))
         if self.state.step != self.stream.step:
             raise checkpoints.CheckpointError(f"{tag_dir}: DeepSpeed state is at step {self.state.step} but "
@@ -161,6 +166,8 @@ class Trainer:
                   f"precision {precision_of(self.plan.ds_config)}")
         if resumed:
             self.echo(f"resumed from {self.plan.resume_from} at step {self.state.step}")
+        if self.plan.world_size_change is not None:
+            self.echo(self.plan.world_size_change)
 
     # -- the loop ------------------------------------------------------------------------------
     def train(self) -> dict:
