@@ -157,7 +157,7 @@ class CorpusChanged(ShardError):
 def write_shards(documents: Iterable[tuple[str, str]], root: Path, tokenizer: Tokenizer,
                  options: ShardOptions, batch_documents: int = 64,
                  progress: Callable[[int, int], None] | None = None,
-                 checkpoint_tokens: int = 4_000_000) -> tuple[dict, int]:
+                 checkpoint_tokens: int = 1_000_000) -> tuple[dict, int]:
     """Tokenise, pack and write everything into the work folder `root`; returns (manifest, number of
     documents reused from a checkpoint found there).
 
@@ -303,7 +303,7 @@ def _lock(work: Path):
 def build_shards(documents: Iterable[tuple[str, str]], out: str | Path, tokenizer: Tokenizer,
                  options: ShardOptions, workers: int | None = None, overwrite: bool = False,
                  batch_documents: int = 64, progress: Callable[[int, int], None] | None = None,
-                 checkpoint_tokens: int = 4_000_000) -> BuildResult:
+                 checkpoint_tokens: int = 1_000_000) -> BuildResult:
     """Build the shard folder `out` atomically: nothing appears there unless the build completes.
 
     The work happens in `.{out.name}.building` beside `out`. A build killed there (SIGKILL, SIGTERM,
