@@ -243,7 +243,10 @@ def mask_batch(batch, spec: MaskingSpec, seed: int | torch.Tensor, vocab: Maskin
         if bool(to_random.any()):
             # a second hash lane: 32 bits per position, multiply-shift onto the pool (bias < pool / 2^32)
             pool = vocab.replacement_ids
-            bits = torch.from_numpy((keyed_bits(keys, ids.shape[1], 1) >> np.uint64(32)).view(np.int64))
-            index = (bits[to_random] * pool.numel()) >> 32
+            rows, cols = (t.numpy() for t in to_random.nonzero(as_tuple=True))
+            with np.errstate(over="ignore"):
+                lane = _splitmix64(cols.astype(np.uint64) * np.uint64(LANES) + np.uint64(1))
+                bits = _splitmix64(keys.numpy().view(np.uint64)[rows] ^ lane) >> np.uint64(32)
+            index = (torch.from_numpy(bits.view(np.int64)) * pool.numel()) >> 32
             input_ids.masked_scatter_(to_random, pool[index])
     return MaskedBatch(input_ids, segments.long(), labels)
