@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from engine.curriculum.masking import MaskingSpec, make_masking_vocab, mask_batch, row_keys
-from engine.curriculum.sampler import step_slice
+from engine.curriculum.masking import IGNORE_INDEX, MaskingSpec, make_masking_vocab, mask_batch, row_keys
+from engine.curriculum.sampler import GlobalOrder, step_slice
 from engine.curriculum.schedule import CurriculumConfig, resolve_curriculum
 from engine.curriculum.stream import TrainingStream
 from engine.benchmarks.synthetic import BERT_SPECIAL_IDS, SyntheticShards
 
-SHARDS = SyntheticShards(200, 128, seed=4)
+SHARDS = SyntheticShards(96, 128, seed=4)  # one epoch = STEPS × GLOBAL_BATCH rows
 GLOBAL_BATCH = 8
 MICRO = 2
 STEPS = 12  # bioptimus preset: four phases of three steps
@@ -78,6 +78,19 @@ def test_resume_on_another_number_of_ranks_continues_the_uninterrupted_run(unint
     assert all(s.state_dict() == state for s in first)
     served += global_steps(open_streams(after, state), STEPS - stop)
     assert same_steps(served, uninterrupted)
+    row_ids = served_row_ids(served)
+    assert sorted(row_ids) == list(range(len(SHARDS)))  # exactly one pass over the rows...
+    assert row_ids == GlobalOrder(3, 128, len(SHARDS)).rows(0, len(SHARDS)).tolist()  # ...in the run's order
+
+
+def served_row_ids(steps: list[dict]) -> list[int]:
+    """Shard row ids of the served rows, in order, recovered from their unmasked tokens."""
+    lookup = {SHARDS.get_batch(np.array([r])).ids.astype(np.int64).tobytes(): r for r in range(len(SHARDS))}
+    ids = []
+    for step in steps:
+        originals = torch.where(step["labels"] != IGNORE_INDEX, step["labels"], step["input_ids"])
+        ids += [lookup[row.numpy().tobytes()] for row in originals]
+    return ids
 
 
 def test_a_rows_mask_depends_on_its_key_not_on_the_rest_of_the_batch():
