@@ -37,8 +37,6 @@ seed = 11
 
 [model]
 preset = "tiny"
-
-[model.overrides]
 hidden_dropout = 0.0
 attention_dropout = 0.0
 
