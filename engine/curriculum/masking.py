@@ -211,11 +211,12 @@ def select_positions(word_start: torch.Tensor | None, maskable: torch.Tensor, un
     return chosen_words.gather(1, word_index) & maskable
 
 
-def mask_batch(batch, spec: MaskingSpec, seed: int | torch.Tensor, vocab: MaskingVocab) -> MaskedBatch:
+def mask_batch(batch, spec: MaskingSpec, seed: int | torch.Tensor | torch.Generator, vocab: MaskingVocab) -> MaskedBatch:
     """Mask one packed batch (`PackedBatch(ids, word_start, segment_ids)`, numpy or torch, [B, L]).
 
     `seed` is the rows' keys (int64 [B], from `row_keys`: what the training stream passes) or one
-    int for the whole batch (row b is then keyed `row_keys(seed, 0, b)`; evaluation and benchmarks).
+    int for the whole batch (row b is then keyed `row_keys(seed, 0, b)`; evaluation and benchmarks),
+    or a torch.Generator that draws one key per row (distillation's head fit).
     Position i is maskable iff its id is not special and its segment id is not 0 (padding).
     """
     ids = _as_tensor(batch.ids, int64=True)
@@ -225,7 +226,12 @@ def mask_batch(batch, spec: MaskingSpec, seed: int | torch.Tensor, vocab: Maskin
         raise ValueError(f"ids, word_start and segment_ids must share one [B, L] shape, got {tuple(ids.shape)}")
     if ids.numel() and int(ids.max()) >= vocab.vocab_size:
         raise ValueError(f"token id {int(ids.max())} is outside the vocabulary of {vocab.vocab_size}")
-    keys = seed if isinstance(seed, torch.Tensor) else row_keys(int(seed), 0, np.arange(ids.shape[0]))
+    if isinstance(seed, torch.Generator):  # one fresh key per row from the caller's stream
+        keys = torch.empty(ids.shape[0], dtype=torch.int64).random_(-(2 ** 63), 2 ** 63 - 1, generator=seed)
+    elif isinstance(seed, torch.Tensor):
+        keys = seed
+    else:
+        keys = row_keys(int(seed), 0, np.arange(ids.shape[0]))
     if keys.dtype != torch.int64 or keys.shape != ids.shape[:1]:
         raise ValueError(f"row keys must be int64 [{ids.shape[0]}], got {keys.dtype} {tuple(keys.shape)}")
     maskable = ~vocab.special_lut.index_select(0, ids.view(-1)).view(ids.shape) & (segments != 0)
