@@ -69,7 +69,9 @@ def test_fitted_head_lowers_held_out_mlm_loss_against_a_fresh_head(teacher):
     fresh = loss(None)
     assert loss(fit.state) < fresh - 0.3
     assert fit.held_out_fitted < fit.held_out_fresh
-    assert fit.losses[-1] < fit.losses[0]
+    # On every position it was fitted on, not first vs last minibatch: two 64-position minibatches
+    # differ by more (~0.15) than the whole fit gains here (~0.05), whichever masks were drawn.
+    assert fit.fitted_positions_after < fit.fitted_positions_before
 
 
 def test_head_fit_is_deterministic_given_the_seed(teacher):

@@ -33,7 +33,9 @@ class HeadFit:
     """The fitted head (HF `cls.predictions.*` names, over the OLD vocabulary) and how it went."""
 
     state: dict[str, torch.Tensor]  # HEAD_KEYS → tensors
-    losses: list[float]  # training MLM loss, one per step
+    losses: list[float]  # training MLM loss, one per step (each on its own random minibatch: noisy)
+    fitted_positions_before: float  # MLM loss on ALL fitted positions, transform as initialised (bias set)
+    fitted_positions_after: float  # the same positions and loss after the transform's Adam steps
     held_out_fresh: float  # held-out MLM loss of a freshly initialised head (bias 0), same masks
     held_out_fitted: float  # held-out MLM loss of the fitted head
     windows: int  # windows the bias was counted on
@@ -149,9 +151,12 @@ def fit_mlm_head(teacher, windows: list[list[int]], encoded: int, steps: int, ba
     torch.manual_seed(seed)
     head = TiedHead(teacher.config, teacher.word_embeddings).to(device)
 
-    def held_out_loss() -> float:
+    def loss_on(states: torch.Tensor, labels: torch.Tensor) -> float:
         with torch.no_grad():
-            return float(torch.nn.functional.cross_entropy(head(valid_states), valid_labels))
+            return float(torch.nn.functional.cross_entropy(head(states), labels))
+
+    def held_out_loss() -> float:
+        return loss_on(valid_states, valid_labels)
 
     held_out_fresh = held_out_loss()
     counts = torch.bincount(torch.tensor([i for w in train for i in w[1:-1]]), minlength=vocab_size).float()
@@ -160,6 +165,9 @@ def fit_mlm_head(teacher, windows: list[list[int]], encoded: int, steps: int, ba
         head.bias.copy_((log_freq - log_freq.mean()).to(device))
 
     head.bias.requires_grad_(False)
+    # Whether the Adam steps fit is judged on every fitted position, not on two of the random
+    # minibatches (64 positions each differ by more than the whole fit gains).
+    before = loss_on(train_states, train_labels)
     optimizer = torch.optim.Adam(list(head.transform.parameters()), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
@@ -174,8 +182,10 @@ def fit_mlm_head(teacher, windows: list[list[int]], encoded: int, steps: int, ba
         optimizer.step()
         losses.append(round(loss.item(), 4))
     fitted = held_out_loss()
+    after = loss_on(train_states, train_labels)
     log(f"mlm head: held-out loss {held_out_fresh:.3f} (fresh head) → {fitted:.3f} (fitted, {steps} steps)")
-    return HeadFit(state=head.state(), losses=losses, held_out_fresh=round(held_out_fresh, 4),
+    return HeadFit(state=head.state(), losses=losses, fitted_positions_before=round(before, 4),
+                   fitted_positions_after=round(after, 4), held_out_fresh=round(held_out_fresh, 4),
                    held_out_fitted=round(fitted, 4), windows=len(train), positions=len(train_labels),
                    held_out_windows=len(valid))
 

@@ -235,7 +235,9 @@ def fitted_head(config: DistillConfig, teacher: teachers.Teacher, cache_dir: Pat
     meta = {"steps": config.head_steps, "bias_windows": fit.windows, "positions": fit.positions,
             "held_out_windows": fit.held_out_windows,
             "held_out_loss_fresh_head": fit.held_out_fresh, "held_out_loss_fitted_head": fit.held_out_fitted,
-            "train_loss_first": fit.losses[0], "train_loss_last": fit.losses[-1]}
+            "train_loss_first": fit.losses[0], "train_loss_last": fit.losses[-1],
+            "fitted_positions_loss_before": fit.fitted_positions_before,
+            "fitted_positions_loss_after": fit.fitted_positions_after}
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta))
     with atomic_path(path) as tmp:  # last: its presence means the .json beside it is complete
         save_file(fit.state, str(tmp))
