@@ -28,6 +28,6 @@ def test_demo_runs_every_stage_and_leaves_its_outputs(tmp_path):
                   "pretrain/resolved_config.json", "hf/resolved_config.json", "curves.config.json",
                   "ner/resolved_config.json"):
         assert json.loads((out / saved).read_text()), f"{saved}: each stage keeps its resolved config"
-    assert json.loads((out / "pretrain" / "resolved_config.json").read_text())["steps"] == 8
+    assert json.loads((out / "pretrain" / "resolved_config.json").read_text())["config"]["steps"] == 8  # config + derived numbers
     assert list(timings) == ["vocabulary + packed shards", "distillation init", "curriculum pre-training",
                              "export to Hugging Face", "loss curves", "NER evaluation"]

@@ -150,7 +150,7 @@ def test_exported_folder_gives_engine_logits_in_transformers(zero_runs, tmp_path
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "resolved_config.json").read_text())["checkpoint"] == str(checkpoint_dir)
-    assert json.loads((zero_runs(stage) / "resolved_config.json").read_text())["steps"] == STEPS
+    assert json.loads((zero_runs(stage) / "resolved_config.json").read_text())["config"]["steps"] == STEPS
     hf_model = AutoModelForMaskedLM.from_pretrained(out).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
     batch = tokenizer(["cisplatin induced nephrotoxicity in rats .", "heparin reduced blood pressure"],
