@@ -4,6 +4,7 @@ process group and the resolved config are handled as `engine/pretrain.py` promis
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -96,8 +97,11 @@ def test_stop_request_checkpoints_at_the_step_boundary_and_resume_matches_an_uni
 
 def test_pretrain_leaves_no_process_group_behind_and_saves_the_resolved_config(shards, tmp_path):
     out = tmp_path / "run"
+    env_before = {key: os.environ.get(key) for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
     assert main(["--config", str(ROOT / "configs/tiny_demo.toml"), *overrides(shards, out)]) == 0
     assert not torch.distributed.is_initialized()
+    # The rendezvous variables it set are taken back: a process started later must not inherit its port.
+    assert {key: os.environ.get(key) for key in env_before} == env_before
     saved = json.loads((out / RESOLVED_CONFIG).read_text())
     assert saved["model"]["vocab_size"] == 1024 and saved["config"]["steps"] == STEPS
     assert saved["derived"]["global_batch"] == 8

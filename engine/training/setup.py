@@ -53,6 +53,10 @@ class RunPlan:
     load_universal: bool = False  # ZeRO state must go through a universal checkpoint (world size changed)
 
 
+_RENDEZVOUS_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE")
+_ENV_WE_SET: set[str] = set()  # the rendezvous variables this process set itself (not its launcher)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -82,10 +86,12 @@ def init_distributed(dist: Dist) -> None:
         # mpirun / srun --mpi=pmix: DeepSpeed's MPI discovery (mpi4py) sets RANK, MASTER_ADDR, ...
         from deepspeed.comm.comm import mpi_discovery
         mpi_discovery(distributed_port=int(os.environ.get("MASTER_PORT") or port_agreed_over_mpi()), verbose=False)
+    before = set(os.environ)
     if "MASTER_ADDR" not in os.environ:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
     for key, value in (("RANK", dist.rank), ("LOCAL_RANK", dist.local_rank), ("WORLD_SIZE", dist.world_size)):
         os.environ.setdefault(key, str(value))
+    _ENV_WE_SET.update(key for key in _RENDEZVOUS_ENV if key in os.environ and key not in before)
     if dist.device.type == "cuda":
         torch.cuda.set_device(dist.device)
     # DeepSpeed JIT-builds its CPU collective here; a lock left by a killed build would hang it.
@@ -98,11 +104,17 @@ def init_distributed(dist: Dist) -> None:
 
 
 def shutdown_distributed() -> None:
-    """Leave the process group (on every exit path, so launchers do not wait on a half-closed job)."""
+    """Leave the process group (on every exit path, so launchers do not wait on a half-closed job), and
+    take back the rendezvous variables `init_distributed` set: left behind, an in-process run (tests,
+    notebooks, benchmarks) would hand its MASTER_PORT to every process started after it, whose
+    rendezvous then fails with EADDRINUSE while this process still holds the port."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         import deepspeed.comm
 
         deepspeed.comm.destroy_process_group()  # also drops DeepSpeed's cached groups, so a later run can join anew
+    for key in _ENV_WE_SET:
+        os.environ.pop(key, None)
+    _ENV_WE_SET.clear()
 
 
 def model_config_for(config: PretrainConfig, shards_vocab_size: int) -> BertConfig:
