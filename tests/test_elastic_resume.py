@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 from engine.corpus.demo import demo_documents
 from engine.shards import ShardOptions, build_shards, train_vocab
 from engine.training.checkpoints import POINTER, complete_tags, tag_for
+from engine.training.setup import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -72,12 +72,6 @@ interval = 0
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("elastic") / "shards"
@@ -91,7 +85,7 @@ def run(shards: Path, out: Path, ranks: int, stage: int, precision: str = "fp32"
     config = out.parent / f"{out.name}.toml"
     config.write_text(RUN_CONFIG.format(steps=STEPS, shards=shards, stage=stage, precision=precision, stop=STOP,
                                         grad_accum=GLOBAL_BATCH // (4 * ranks)))
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", str(_free_port()), "--num_gpus",
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", str(free_port()), "--num_gpus",
            str(ranks), "engine/pretrain.py", "--config", str(config), f"--out_dir={out}", *extra]
     result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
                             text=True, timeout=900)

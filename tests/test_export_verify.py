@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from engine.export_hf import main
 from engine.shards import ShardOptions, build_shards, train_vocab
 from engine.training.checkpoints import complete_tags, step_of, write_marker
 from engine.training.export_verify import ExportCheckError, check_export, check_weights
+from engine.training.setup import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,12 +119,6 @@ interval = 0
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """Complete 2-rank checkpoints per ZeRO stage, made on first use."""
@@ -140,7 +134,7 @@ def checkpoints(tmp_path_factory):
             config.write_text(RUN_CONFIG.format(shards=root / "shards", stage=stage,
                                                 file_precision="fp32_cpu" if stage == 0 else "bf16"))
             out = root / f"run{stage}"
-            cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", str(_free_port()),
+            cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", str(free_port()),
                    "--num_gpus", "2", "engine/pretrain.py", "--config", str(config), f"--out_dir={out}"]
             result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
                                     capture_output=True, text=True, timeout=600)

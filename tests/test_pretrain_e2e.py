@@ -13,7 +13,6 @@ import os
 import random
 import signal
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from engine.corpus.demo import demo_documents
 from engine.shards import ShardOptions, build_shards, train_vocab
 from engine.training.checkpoints import MARKER, complete_tags, tag_for
 from engine.training.export import fp32_state_dict, load_checkpoint_model
+from engine.training.setup import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -74,12 +74,6 @@ steps = 2
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pretrain_e2e")
@@ -100,7 +94,7 @@ def write_config(workdir: Path, stage: int) -> Path:
 def launch(config: Path, out_dir: Path, *extra: str) -> subprocess.Popen:
     """`deepspeed --num_gpus 2 engine/pretrain.py` in its own session (so SIGKILL reaches every rank)."""
     # `python -m deepspeed.launcher.runner` is the `deepspeed` script, found without an activated venv.
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", str(_free_port()), "--num_gpus", "2",
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", str(free_port()), "--num_gpus", "2",
            "engine/pretrain.py", "--config", str(config), f"--out_dir={out_dir}", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(out_dir.parent / f"{out_dir.name}.log", "ab") as log:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from engine.corpus.demo import demo_documents
 from engine.shards import ShardOptions, build_shards, train_vocab
 from engine.training.checkpoints import complete_tags, tag_for
 from engine.training.export import fp32_state_dict
+from engine.training.setup import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -69,12 +69,6 @@ interval = 0
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("slurm_pretrain")
@@ -94,7 +88,7 @@ def write_config(workdir: Path, name: str, shards: Path | None = None, global_ba
 
 def submit(env: dict, workdir: Path, name: str, config: Path, *args: str, sbatch_args=(), launcher="srun") -> str:
     """sbatch slurm/pretrain.sbatch for 2 tasks; returns the job id."""
-    job_env = {**env, "CONFIG": str(config), "LAUNCHER": launcher, "MASTER_PORT": str(_free_port()),
+    job_env = {**env, "CONFIG": str(config), "LAUNCHER": launcher, "MASTER_PORT": str(free_port()),
                "OMP_NUM_THREADS": "1", "PYTHON": str(ROOT / ".venv/bin/python") if (ROOT / ".venv/bin/python").exists()
                else "python3"}
     result = subprocess.run(["sbatch", "--parsable", "--ntasks=2", f"--chdir={ROOT}", f"--job-name={name}",

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from engine.benchmarks.record import write_record
+from engine.training.setup import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BREAKDOWN = ("data_wait", "forward", "backward", "communication", "optimizer")
@@ -52,12 +52,6 @@ def _ints(text: str, what: str) -> list[int]:
     if not values:
         sys.exit(f"error: --{what} is empty")
     return values
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _demo_shards(root: Path, seq_len: int) -> Path:
@@ -112,7 +106,7 @@ def _launch(args, world: int, config: Path, out_dir: Path) -> list[str]:
                 python, *train]
     if world == 1:
         return [python, *train]
-    return [python, "-m", "deepspeed.launcher.runner", "--master_port", str(_free_port()), "--num_gpus", str(world),
+    return [python, "-m", "deepspeed.launcher.runner", "--master_port", str(free_port()), "--num_gpus", str(world),
             *train]
 
 
@@ -121,7 +115,7 @@ def run_cell(args, work: Path, shards: Path, world: int, stage: int, micro: int,
     out_dir = work / f"w{world}_z{stage}_m{micro}"
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     if args.launcher == "srun":
-        env.update(MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"), MASTER_PORT=str(_free_port()))
+        env.update(MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"), MASTER_PORT=str(free_port()))
     result = subprocess.run(_launch(args, world, config, out_dir), cwd=ROOT, env=env, capture_output=True, text=True)
     cell = {"world_size": world, "zero_stage": stage, "micro_batch": micro, "precision": precision}
     if result.returncode != 0:

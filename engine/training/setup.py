@@ -57,7 +57,8 @@ _RENDEZVOUS_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SI
 _ENV_WE_SET: set[str] = set()  # the rendezvous variables this process set itself (not its launcher)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on this host now, for a rendezvous on 127.0.0.1 (one process, or a local launcher)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -88,7 +89,7 @@ def init_distributed(dist: Dist) -> None:
         mpi_discovery(distributed_port=int(os.environ.get("MASTER_PORT") or port_agreed_over_mpi()), verbose=False)
     before = set(os.environ)
     if "MASTER_ADDR" not in os.environ:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())))
     for key, value in (("RANK", dist.rank), ("LOCAL_RANK", dist.local_rank), ("WORLD_SIZE", dist.world_size)):
         os.environ.setdefault(key, str(value))
     _ENV_WE_SET.update(key for key in _RENDEZVOUS_ENV if key in os.environ and key not in before)
