@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,33 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# DeepSpeed JIT-builds its CPU collective on the first multi-rank launch: one build per virtual
+# environment, inherited by every subprocess, instead of one per test that happens to launch first
+# into a per-user cache that other checkouts rebuild (and lock) in turn.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+
 from engine.io import shared_data_dir, teacher_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = shared_data_dir()
+
+
+def pytest_sessionstart(session):
+    """Take off /dev/shm the DeepSpeed CPU collective segments that no process maps: each is 66 MiB of
+    RAM left by a multi-rank run killed before it could unlink it (or by an engine older than that fix);
+    a few hundred of them made this 24 GiB machine thrash, and the suite ran 10x slower."""
+    mapped = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            mapped.update(line.split(maxsplit=5)[-1].strip() for line in maps.read_text().splitlines() if "/dev/shm/" in line)
+        except OSError:  # the process ended, or is not ours to read
+            continue
+    stale = [path for path in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*")
+             if str(path) not in mapped and not any(m.startswith(str(path)) for m in mapped)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        print(f"removed {len(stale)} stale DeepSpeed shared-memory segments from /dev/shm")
 
 
 def shared_path(*parts: str) -> Path:

@@ -91,10 +91,14 @@ def write_config(workdir: Path, stage: int) -> Path:
     return path
 
 
+MASTER_PORTS: dict[str, int] = {}  # run folder name -> the rendezvous port of its latest launch
+
+
 def launch(config: Path, out_dir: Path, *extra: str) -> subprocess.Popen:
     """`deepspeed --num_gpus 2 engine/pretrain.py` in its own session (so SIGKILL reaches every rank)."""
     # `python -m deepspeed.launcher.runner` is the `deepspeed` script, found without an activated venv.
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", str(free_port()), "--num_gpus", "2",
+    port = MASTER_PORTS[out_dir.name] = free_port()
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", str(port), "--num_gpus", "2",
            "engine/pretrain.py", "--config", str(config), f"--out_dir={out_dir}", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(out_dir.parent / f"{out_dir.name}.log", "ab") as log:
@@ -227,3 +231,15 @@ def test_kill_during_checkpoint_writing_leaves_previous_checkpoint_loadable(work
     log = (run.parent / f"{run.name}.log").read_text(errors="replace")
     assert f"resumed from {newest}" in log
     assert train_losses(run) == train_losses(zero_runs(2))
+
+
+def test_finished_and_killed_runs_leave_no_shared_memory_segment_behind(zero_runs, killed_in_phase3):
+    """DeepSpeed's CPU collective names a 66 MiB /dev/shm segment per rank after the rendezvous port and
+    never unlinks it; the engine takes the names off once mapped, so neither a finished nor a SIGKILLed
+    run holds RAM after it exits."""
+    zero_runs(0)
+    runs = [name for name in MASTER_PORTS if name in ("run_zero0", killed_in_phase3[0].name)]
+    assert len(runs) == 2
+    left = [entry.name for entry in Path("/dev/shm").iterdir()
+            for name in runs if f"_{MASTER_PORTS[name]}_" in entry.name]
+    assert left == []

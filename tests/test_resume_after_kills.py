@@ -11,7 +11,6 @@ import json
 import os
 import random
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -81,13 +80,6 @@ def triggered(kind: str, step: int, run: Path, metrics_size: int) -> bool:
     if kind == "checkpoint":  # DeepSpeed has begun writing the tag of `step`
         return (run / "checkpoints" / tag_for(step)).is_dir()
     return metrics.is_file() and metrics.stat().st_size > metrics_size  # a metrics line is being written
-
-
-@pytest.fixture(autouse=True)
-def own_extensions_cache(monkeypatch):
-    """DeepSpeed's JIT-built CPU op cached per virtual environment: a cache shared with other
-    installs is rebuilt (and locked) by each of them in turn, which would dominate 21 launches."""
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
 
 
 def test_twenty_kills_then_resume_auto_give_bit_identical_weights(tmp_path):
