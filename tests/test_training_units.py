@@ -197,3 +197,20 @@ def test_plot_without_train_records_is_an_error(tmp_path):
     path.write_text(json.dumps({"kind": "valid", "step": 1, "loss": 1.0}) + "\n")
     with pytest.raises(PlotError, match="no 'train' records"):
         plot_metrics(path, tmp_path / "curves.png")
+
+
+def test_resume_with_more_steps_or_another_curriculum_is_said_in_one_line():
+    from engine.config import to_dict
+    from engine.training.config import PretrainConfig
+    from engine.training.setup import describe_schedule_change
+
+    saved = PretrainConfig(steps=24)
+    state = {"step": 24, "config": to_dict(saved)}
+    assert describe_schedule_change(state, saved) is None
+    longer = PretrainConfig(steps=36, optim=OptimSection(lr=2e-3))
+    line = describe_schedule_change(state, longer)
+    assert line.startswith("resume from step 24: ")
+    assert "steps 24 -> 36" in line and "optim.lr 0.0001 -> 0.002" in line
+    logging_only = PretrainConfig(steps=24)
+    logging_only.logging.interval = 1  # not part of the schedule
+    assert describe_schedule_change(state, logging_only) is None

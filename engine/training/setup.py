@@ -50,6 +50,7 @@ class RunPlan:
     resume_state: dict | None  # its run_state.json, already checked against the model
     validation: object | None  # engine.training.evaluation.ValidationSet, None when eval.interval = 0
     world_size_change: str | None = None  # log line when resuming on another number of ranks
+    schedule_change: str | None = None  # log line when the resumed run's steps/seed/curriculum/optim differ
     load_universal: bool = False  # ZeRO state must go through a universal checkpoint (world size changed)
 
 
@@ -294,9 +295,10 @@ def prepare_run(config: PretrainConfig, dist: Dist, resume: str | None) -> RunPl
         raise ConfigError(f"data.shards: no shard folder at {config.data.shards}")
     resume_from = find_resume(config, resume, dist.rank)
     resume_state = None
-    world_size_change = None
+    world_size_change = schedule_change = None
     if resume_from is not None:
         resume_state = checkpoints.read_run_state(resume_from)
+        schedule_change = describe_schedule_change(resume_state, config)
         batch, world_size_change = elastic.batch_for_world_size(config.batch, resume_state, dist.world_size,
                                                                 resume_from)
         config = dataclasses.replace(config, batch=batch)
@@ -326,7 +328,35 @@ def prepare_run(config: PretrainConfig, dist: Dist, resume: str | None) -> RunPl
     model = build_model(config, model_config)
     return RunPlan(config=config, dist=dist, model_config=model_config, model=model, stream=stream, ds_config=ds,
                    resume_from=resume_from, resume_state=resume_state, validation=validation,
-                   world_size_change=world_size_change, load_universal=load_universal)
+                   world_size_change=world_size_change, schedule_change=schedule_change,
+                   load_universal=load_universal)
+
+
+SCHEDULE_KEYS = ("steps", "seed", "curriculum", "optim")  # what lays out the data, masks and learning rate
+
+
+def describe_schedule_change(resume_state: dict, config: PretrainConfig) -> str | None:
+    """One line when the run resumes with other schedule-defining settings than it saved: raising `steps`
+    to train longer is legitimate, but the curriculum's phase boundaries and the learning-rate schedule
+    are then laid out over the new total, so the run is no longer the one that stopped; say so."""
+    saved, now = resume_state.get("config", {}), to_dict(config)
+    changes = [f"{key} {old} -> {new}" for key, old, new in _differences(
+        {k: saved.get(k) for k in SCHEDULE_KEYS}, {k: now.get(k) for k in SCHEDULE_KEYS}) if old is not None]
+    if not changes:
+        return None
+    return (f"resume from step {resume_state.get('step')}: {', '.join(changes)}; the curriculum phases and the "
+            "learning-rate schedule follow the new values from here on (not the run that stopped)")
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    found = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append((f"{prefix}{key}", a, b))
+    return found
 
 
 def describe_run(plan: RunPlan) -> dict:

@@ -168,6 +168,8 @@ class Trainer:
             self.echo(f"resumed from {self.plan.resume_from} at step {self.state.step}")
         if self.plan.world_size_change is not None:
             self.echo(self.plan.world_size_change)
+        if self.plan.schedule_change is not None:
+            self.echo(self.plan.schedule_change)
 
     # -- the loop ------------------------------------------------------------------------------
     def train(self) -> dict:
