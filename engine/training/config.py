@@ -150,6 +150,7 @@ class LoggingSection:
 class EvalSection:
     interval: int = 500  # validation MLM loss every this many optimizer steps (0 = never)
     steps: int = 20  # validation micro-batches per rank per evaluation
+    at_start: bool = False  # also before step 1 of a fresh run: where a continued pre-training starts from (a teacher's fresh MLM head)
 
     def __post_init__(self):
         if self.interval < 0:

@@ -175,6 +175,8 @@ class Trainer:
     def train(self) -> dict:
         """Run (or continue) to the last step, or to a requested stop; returns the last train metrics."""
         cfg = self.cfg
+        if cfg.eval.at_start and self.state.step == 0 and self.plan.validation is not None:
+            self.evaluate()
         while self.state.step < self.total_steps:
             phase = self.train_step()
             if self._due(cfg.logging.interval):
