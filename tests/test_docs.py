@@ -54,10 +54,14 @@ def runnable_blocks(path: Path) -> list[str]:
     return RUNNABLE.findall(path.read_text())
 
 
-def test_runnable_blocks_are_found_in_the_quick_start():
+def test_runnable_blocks_are_found_in_the_quick_start_and_nowhere_else():
     blocks = runnable_blocks(DOCS / "quickstart.md")
     assert len(blocks) == 7
     assert blocks[2].startswith("TEACHER=")
+    # a block marked runnable elsewhere would never run: the slow test below runs the quick start's
+    others = [path.name for path in [ROOT / "README.md", *DOCS.glob("*.md")]
+              if path.name != "quickstart.md" and runnable_blocks(path)]
+    assert others == []
 
 
 @pytest.mark.slow
