@@ -72,14 +72,17 @@ def resumable_step(run: Path) -> int:
     return step_of(tags[-1]) if tags else 0
 
 
-def triggered(kind: str, step: int, run: Path, metrics_size: int) -> bool:
+def triggered(kind: str, step: int, run: Path, metrics_size: int, start: int) -> bool:
     """Whether the moment `kind` at `step` has come (polled every few milliseconds)."""
     metrics = run / "metrics.jsonl"
     if kind == "step":  # step `step` is logged: the ranks are in its checkpoint or the next step
         return metrics.is_file() and max(train_losses_safe(metrics), default=0) >= step
     if kind == "checkpoint":  # DeepSpeed has begun writing the tag of `step`
         return (run / "checkpoints" / tag_for(step)).is_dir()
-    return metrics.is_file() and metrics.stat().st_size > metrics_size  # a metrics line is being written
+    # a metrics line is being written: the file grows past its size before the launch, or (the resume
+    # first cut it back to the checkpoint's step) a line after the resumed step is there
+    return metrics.is_file() and (metrics.stat().st_size > metrics_size
+                                  or max(train_losses_safe(metrics), default=0) > start)
 
 
 def test_twenty_kills_then_resume_auto_give_bit_identical_weights(tmp_path):
@@ -102,7 +105,7 @@ def test_twenty_kills_then_resume_auto_give_bit_identical_weights(tmp_path):
         size = metrics.stat().st_size if metrics.is_file() else 0
         proc = launch(config, run, "--resume", "auto")
         deadline = time.time() + 600
-        while proc.poll() is None and time.time() < deadline and not triggered(kind, step, run, size):
+        while proc.poll() is None and time.time() < deadline and not triggered(kind, step, run, size, start):
             time.sleep(0.002)
         if proc.poll() is not None:
             log = (run.parent / f"{run.name}.log").read_text(errors="replace")
