@@ -191,11 +191,7 @@ def save_config(config: Any, path: str | Path) -> Path:
 def help_text(cls: type, doc: str | None, flags: Sequence[Flag], positionals: Sequence[str], prog: str) -> str:
     """`--help`: the script's docstring, then every config field with type, default and comment."""
     usage = " ".join([f"usage: {prog}", *(key.upper() for key in positionals), "[--config FILE]", "[--key=value ...]"])
-    aliases: dict[str, list[str]] = {}
-    for flag in flags:
-        if not flag.extra:
-            shown = flag.name if flag.value is _TAKES_VALUE else f"{flag.name} (= {json.dumps(flag.value)})"
-            aliases.setdefault(flag.key, []).append(shown + (" V [V ...]" if flag.many else ""))
+    aliases = flag_aliases(flags)
     lines = [usage, "", (doc or "").strip(), "",
              "options (later wins: defaults < --config FILE (.toml/.json, keys as below) < command line;",
              "a bare bool option means true; lists as a,b or JSON):",
@@ -205,6 +201,16 @@ def help_text(cls: type, doc: str | None, flags: Sequence[Flag], positionals: Se
             lines.append(f"  {flag.name} VALUE  {flag.help}")
     lines += _field_lines(cls, "", aliases)
     return "\n".join(lines)
+
+
+def flag_aliases(flags: Sequence[Flag]) -> dict[str, list[str]]:
+    """Config key -> the documented flags that set it, as shown to users (`--cased (= false)`)."""
+    aliases: dict[str, list[str]] = {}
+    for flag in flags:
+        if not flag.extra:
+            shown = flag.name if flag.value is _TAKES_VALUE else f"{flag.name} (= {json.dumps(flag.value)})"
+            aliases.setdefault(flag.key, []).append(shown + (" V [V ...]" if flag.many else ""))
+    return aliases
 
 
 def _field_lines(cls: type, prefix: str, aliases: dict[str, list[str]]) -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
-import json
 import sys
 import typing
 from dataclasses import dataclass
@@ -95,11 +94,7 @@ def _rows(cls: type, prefix: str, aliases: dict[str, list[str]]) -> list[str]:
 
 
 def command_section(typed: str, spec: CommandSpec) -> str:
-    aliases: dict[str, list[str]] = {}
-    for flag in spec.flags:
-        if not flag.extra:
-            shown = flag.name if flag.value is cli._TAKES_VALUE else f"{flag.name} (= {json.dumps(flag.value)})"
-            aliases.setdefault(flag.key, []).append(shown + (" V [V ...]" if flag.many else ""))
+    aliases = cli.flag_aliases(spec.flags)
     summary = spec.doc.strip().split("\n\n")[0].replace("\n", " ")
     lines = [f"## `{typed}`", "", summary, ""]
     if spec.positionals:
