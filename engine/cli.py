@@ -23,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import logging
+import os
 import re
 import sys
 import types
@@ -48,6 +50,29 @@ class Flag:
     many: bool = False  # takes one or more values up to the next option (--seq-len 128 512)
     extra: bool = False  # not a config field: returned apart (pretrain's --resume, the launcher's --local_rank)
     help: str = ""  # shown by --help for extras (config fields show their own comment)
+
+
+def exit_without_finalizing(main: typing.Callable[[], int | str | None]) -> typing.NoReturn:
+    """Run an entry point's `main` and leave with its exit status, skipping interpreter finalization.
+
+    After a multi-rank run has saved, closed its outputs and left the process group, tearing the
+    interpreter down can still abort (SIGABRT, "terminate called without an active exception"):
+    gloo worker threads that hold tensors of finished collectives take the GIL while Python is being
+    destroyed (pytorch/pytorch#179291). The run is complete by then, but the launcher sees -6, kills
+    the other ranks and reports the job failed. So once `main` has returned or exited on purpose,
+    flush and leave with `os._exit`; an unexpected exception still takes the normal path (traceback).
+    """
+    try:
+        code = main()
+    except SystemExit as exc:
+        code = exc.code
+    if isinstance(code, str):  # sys.exit("error: ...") semantics: the message on stderr, status 1
+        print(code, file=sys.stderr)
+        code = 1
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0 if code is None else int(code))
 
 
 def fail(message: str) -> typing.NoReturn:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import sys
 
-from engine.cli import Flag, parse_command
+from engine.cli import Flag, exit_without_finalizing, parse_command
 from engine.config import ConfigError
 
 FLAGS = [
@@ -90,4 +90,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_finalizing(main)

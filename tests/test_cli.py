@@ -7,6 +7,9 @@ import importlib
 import json
 import re
 import shlex
+import subprocess
+import sys
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -273,3 +276,25 @@ def test_plot_metrics_saves_its_resolved_config_beside_the_png(tmp_path):
     assert script("plot_metrics").main([str(metrics), "--out", str(tmp_path / "curves.png")]) == 0
     assert json.loads((tmp_path / "curves.config.json").read_text()) == {"metrics": str(metrics),
                                                                        "out": str(tmp_path / "curves.png")}
+
+
+@pytest.mark.parametrize("body, status, stderr", [
+    ("return 75", 75, ""),
+    ("sys.exit('error: bad shards')", 1, "error: bad shards\n"),
+    ("fail('unknown option --x')", 2, "error: unknown option --x\n"),
+    ("print('trained', end='')", 0, ""),
+])
+def test_entry_points_leave_with_their_status_and_skip_interpreter_finalization(body, status, stderr):
+    """pretrain.py's exit: the status of main, buffered output flushed, and no atexit/finalization step run
+    (where gloo's threads can abort a finished multi-rank run)."""
+    script = textwrap.dedent(f"""
+        import atexit, sys
+        from engine.cli import exit_without_finalizing, fail
+        atexit.register(lambda: print("finalized", file=sys.stderr))
+        def main():
+            {body}
+        exit_without_finalizing(main)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert (result.returncode, result.stderr) == (status, stderr)
+    assert result.stdout == ("trained" if status == 0 else "")
