@@ -60,7 +60,8 @@ def exit_without_finalizing(main: typing.Callable[[], int | str | None]) -> typi
     gloo worker threads that hold tensors of finished collectives take the GIL while Python is being
     destroyed (pytorch/pytorch#179291). The run is complete by then, but the launcher sees -6, kills
     the other ranks and reports the job failed. So once `main` has returned or exited on purpose,
-    flush and leave with `os._exit`; an unexpected exception still takes the normal path (traceback).
+    flush (and finalize MPI under mpirun) and leave with `os._exit`; an unexpected exception still
+    takes the normal path (traceback).
     """
     try:
         code = main()
@@ -72,6 +73,9 @@ def exit_without_finalizing(main: typing.Callable[[], int | str | None]) -> typi
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
+    mpi = sys.modules.get("mpi4py.MPI")  # launched by mpirun: MPI wants its Finalize, or the job counts as aborted
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        mpi.Finalize()
     os._exit(0 if code is None else int(code))
 
 
