@@ -242,21 +242,41 @@ def flag_aliases(flags: Sequence[Flag]) -> dict[str, list[str]]:
     return aliases
 
 
-def _field_lines(cls: type, prefix: str, aliases: dict[str, list[str]]) -> list[str]:
-    lines = []
+@dataclass(frozen=True)
+class Option:
+    """One config field as users see it (`--help`, docs/configuration.md); a section has no type."""
+
+    key: str  # dotted, e.g. optim.lr
+    comment: str  # the field's trailing `# comment`
+    type_name: str | None = None  # None for a [section]
+    default: str = ""  # `default: ...` or `required`
+
+
+def options(cls: type, prefix: str = "") -> list[Option]:
+    """Every init field of `cls`, nested sections first as a section entry then their fields, in order."""
+    found = []
     hints = typing.get_type_hints(cls)
     comments = _field_comments(cls)
     for field in dataclasses.fields(cls):
         if not field.init:
             continue
-        key = prefix + field.name
-        tp = hints[field.name]
+        key, tp = prefix + field.name, hints[field.name]
         if dataclasses.is_dataclass(tp):
-            lines.append(f"  [{key}]  {comments.get(field.name, '')}")
-            lines += _field_lines(tp, key + ".", aliases)
+            found.append(Option(key, comments.get(field.name, "")))
+            found += options(tp, key + ".")
+        else:
+            found.append(Option(key, comments.get(field.name, ""), _type_name(tp), _default_text(field)))
+    return found
+
+
+def _field_lines(cls: type, prefix: str, aliases: dict[str, list[str]]) -> list[str]:
+    lines = []
+    for option in options(cls, prefix):
+        if option.type_name is None:
+            lines.append(f"  [{option.key}]  {option.comment}")
             continue
-        also = f"  (also {', '.join(aliases[key])})" if key in aliases else ""
-        lines.append(f"  --{key}={_type_name(tp)}  {comments.get(field.name, '')} ({_default_text(field)}){also}")
+        also = f"  (also {', '.join(aliases[option.key])})" if option.key in aliases else ""
+        lines.append(f"  --{option.key}={option.type_name}  {option.comment} ({option.default}){also}")
     return lines
 
 

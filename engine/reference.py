@@ -7,10 +7,8 @@ committed file differs from a fresh generation. Regenerate with `python -m engin
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib
 import sys
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,21 +73,14 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def _rows(cls: type, prefix: str, aliases: dict[str, list[str]]) -> list[str]:
+def _rows(cls: type, aliases: dict[str, list[str]]) -> list[str]:
     rows = []
-    hints = typing.get_type_hints(cls)
-    comments = cli._field_comments(cls)
-    for field in dataclasses.fields(cls):
-        if not field.init:
+    for option in cli.options(cls):
+        if option.type_name is None:  # a section: its fields follow as dotted keys
             continue
-        key, tp = prefix + field.name, hints[field.name]
-        if dataclasses.is_dataclass(tp):
-            rows += _rows(tp, key + ".", aliases)
-            continue
-        default = cli._default_text(field).removeprefix("default: ")
-        also = f" (also `{'`, `'.join(aliases[key])}`)" if key in aliases else ""
-        rows.append(f"| `--{key}` | `{_cell(cli._type_name(tp))}` | `{_cell(default)}` | "
-                    f"{_cell(comments.get(field.name, ''))}{_cell(also)} |")
+        also = f" (also `{'`, `'.join(aliases[option.key])}`)" if option.key in aliases else ""
+        rows.append(f"| `--{option.key}` | `{_cell(option.type_name)}` | `{_cell(option.default.removeprefix('default: '))}` | "
+                    f"{_cell(option.comment)}{_cell(also)} |")
     return rows
 
 
@@ -104,7 +95,7 @@ def command_section(typed: str, spec: CommandSpec) -> str:
         lines += ["Options that are not config fields:", ""]
         lines += [f"- `{flag.name}`: {flag.help}" for flag in extras]
         lines.append("")
-    lines += ["| option | type | default | meaning |", "|---|---|---|---|", *_rows(spec.cls, "", aliases), ""]
+    lines += ["| option | type | default | meaning |", "|---|---|---|---|", *_rows(spec.cls, aliases), ""]
     return "\n".join(lines)
 
 

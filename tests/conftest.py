@@ -20,6 +20,7 @@ if not torch.cuda.is_available():
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
 
 from engine.io import shared_data_dir, teacher_folder
+from engine.training.setup import SHM_SEGMENT_PREFIX
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = shared_data_dir()
@@ -35,8 +36,8 @@ def pytest_sessionstart(session):
             mapped.update(line.split(maxsplit=5)[-1].strip() for line in maps.read_text().splitlines() if "/dev/shm/" in line)
         except OSError:  # the process ended, or is not ours to read
             continue
-    stale = [path for path in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*")
-             if str(path) not in mapped and not any(m.startswith(str(path)) for m in mapped)]
+    stale = [path for path in Path("/dev/shm").glob(f"{SHM_SEGMENT_PREFIX}*")
+             if not any(m.startswith(str(path)) for m in mapped)]  # a map line may end in " (deleted)"
     for path in stale:
         path.unlink(missing_ok=True)
     if stale:

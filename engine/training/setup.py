@@ -106,6 +106,9 @@ def init_distributed(dist: Dist) -> None:
     unlink_shared_memory_segment(dist)
 
 
+SHM_SEGMENT_PREFIX = f"deepspeed_allreduce_buffer_{os.getuid()}_"  # DeepSpeed's shm.cpp: name_uid_addr_port_rank
+
+
 def unlink_shared_memory_segment(dist: Dist) -> None:
     """Take the name of DeepSpeed's CPU collective segment off /dev/shm once every rank has mapped it.
 
@@ -120,8 +123,8 @@ def unlink_shared_memory_segment(dist: Dist) -> None:
     if dist.device.type != "cpu" or getattr(ds_comm.cdb, "shm_comm_op", None) is None:
         return
     torch.distributed.barrier()
-    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
-            f"{os.environ.get('MASTER_PORT', '')}_{torch.distributed.get_rank()}")
+    name = (f"{SHM_SEGMENT_PREFIX}{os.environ.get('MASTER_ADDR', '')}_{os.environ.get('MASTER_PORT', '')}_"
+            f"{torch.distributed.get_rank()}")
     Path("/dev/shm", name).unlink(missing_ok=True)
 
 
