@@ -63,8 +63,8 @@ def test_quality_curve_is_trained_by_the_real_trainer(tmp_path, monkeypatch):
                               seed=0, device="cpu")
     curve = distill.pretrain_curve(args, init_dir, shards, new_ids=list(range(5, 40)))
 
-    assert [step for step, _, _ in curve] == [0, 4, 8, 12]
-    assert curve[-1][1] < curve[0][1]
+    assert [point["step"] for point in curve] == [0, 4, 8, 12]
+    assert curve[-1]["loss"] < curve[0]["loss"]
     logged = [(r["step"], r["loss"], r["new_token_loss"])
               for r in read_metrics(init_dir.with_name("init-0-random-pretrain") / "metrics.jsonl") if r["kind"] == "valid"]
-    assert logged == curve[1:]
+    assert logged == [(point["step"], point["loss"], point["new_token_loss"]) for point in curve[1:]]

@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from engine.benchmarks.record import write_record
+from engine.record import write_record
 from engine.training.setup import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.benchmarks.record import write_record
+from engine.record import write_record
 from engine.io import shared_data_dir
 
 SHARED = shared_data_dir()

@@ -75,7 +75,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> dict:
-    from engine.benchmarks.record import write_record
+    from engine.record import write_record
 
     parts = [p for p in args.parts.split(",") if p]
     unknown = set(parts) - {"finder", "layers", "quality"}
@@ -256,12 +256,13 @@ def quality_benchmark(args) -> dict:
         curve = pretrain_curve(args, init_dir, shards, new_ids)
         results[entry] = {"init_seconds": round(init_seconds, 1), "init_stage_seconds": report["seconds"],
                            "fallbacks": report["fallbacks"], "mlm_head_fit": report["mlm_head_fit"], "curve": curve,
-                           "loss_step0": curve[0][1], "loss_final": curve[-1][1],
-                           "new_token_loss_step0": curve[0][2], "new_token_loss_final": curve[-1][2]}
+                           "loss_step0": curve[0]["loss"], "loss_final": curve[-1]["loss"],
+                           "new_token_loss_step0": curve[0]["new_token_loss"],
+                           "new_token_loss_final": curve[-1]["new_token_loss"]}
     if "random" in results:
         target = results["random"]["loss_final"]
         for method, result in results.items():
-            reached = next((step for step, loss, _new in result["curve"] if loss <= target), None)
+            reached = next((point["step"] for point in result["curve"] if point["loss"] <= target), None)
             result["steps_to_random_final_loss"] = reached
             result["fraction_of_random_steps"] = None if reached is None or not args.steps else round(reached / args.steps, 3)
     return {"trainer": "engine.training.trainer.Trainer (one process, ZeRO-0 fp32, whole-word masking, AdamW constant lr)",
@@ -310,30 +311,26 @@ def split_corpus(args, work: Path) -> tuple[Path, Path]:
     return shards, context_corpus
 
 
-def pretrain_curve(args, init_dir: Path, shards: Path, new_ids: list[int]) -> list[tuple[int, float, float]]:
-    """[(step, held-out MLM loss, same over new-token targets)] for a short run of the real trainer.
+def pretrain_curve(args, init_dir: Path, shards: Path, new_ids: list[int]) -> list[dict]:
+    """[{step, loss, new_token_loss, ...}] for a short run of the real trainer (`reproduction.curves`).
 
-    The run is `engine.training.trainer.Trainer` in this process (one rank, ZeRO-0 fp32): one
-    whole-word masking phase at 15 %, AdamW with linear warm-up then a constant lr, gradient
-    clipping at 1.0; the held-out curve is its evaluation hook, so every method is trained by the
-    same loop as `engine/pretrain.py`.
+    One whole-word masking phase at 15 %, AdamW with linear warm-up then a constant lr, gradient
+    clipping at 1.0; held-out rows masked whole-word with the run's seed.
     """
+    from engine.curriculum.masking import MaskingSpec
     from engine.curriculum.schedule import CurriculumConfig, PhaseConfig
     from engine.io import resolve_device
+    from engine.reproduction.curves import HeldOutCurve, train_with_curve
     from engine.shards import PackedShards
     from engine.training import config as run_config
-    from engine.training.setup import Dist, init_distributed, prepare_run, shutdown_distributed
-    from engine.training.trainer import Trainer
 
     train = PackedShards(shards, "train", args.seq_len)
     valid = PackedShards(shards, "valid", args.seq_len)
     if len(train) < args.steps * args.batch_size or len(valid) == 0:
         raise SystemExit(f"error: corpus slice too small: {len(train)} train rows for {args.steps} steps × "
                          f"{args.batch_size}, {len(valid)} valid rows (raise --train-docs)")
-    run_dir = init_dir.with_name(init_dir.name + "-pretrain")
-    shutil.rmtree(run_dir, ignore_errors=True)
     config = run_config.PretrainConfig(
-        out_dir=run_dir, steps=args.steps, seq_len=args.seq_len, seed=args.seed,
+        out_dir=init_dir.with_name(init_dir.name + "-pretrain"), steps=args.steps, seq_len=args.seq_len, seed=args.seed,
         model=run_config.ModelSection(init_from=init_dir),
         data=run_config.DataSection(shards=shards, prefetch=0),
         curriculum=CurriculumConfig(preset=None, phases=[PhaseConfig(name="wwm", steps=args.steps, unit="word")]),
@@ -344,64 +341,6 @@ def pretrain_curve(args, init_dir: Path, shards: Path, new_ids: list[int]) -> li
         checkpoint=run_config.CheckpointSection(interval=args.steps, keep_last=1),
         logging=run_config.LoggingSection(interval=args.eval_every, tensorboard=False, progress_bar=False),
         eval=run_config.EvalSection(interval=args.eval_every))
-    device = resolve_device(args.device)
-    dist = Dist(rank=0, world_size=1, local_rank=device.index or 0, device=device)
-    plan = prepare_run(config, dist, resume=None)
-    held_out = HeldOutCurve(valid, plan.stream.vocab, new_ids, args)
-    plan.validation = held_out
-    trainer = None
-    try:
-        init_distributed(dist)
-        trainer = held_out.trainer = Trainer(plan)
-        held_out.evaluate(trainer.engine)  # step 0: the init itself
-        trainer.train()
-    finally:
-        if trainer is not None:
-            trainer.close()
-        plan.stream.close()
-        shutdown_distributed()
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # scratch: only the curve is kept
-    return held_out.curve
-
-
-class HeldOutCurve:
-    """The trainer's evaluation hook: held-out MLM loss on fixed rows and fixed masks, overall and
-    over new-token targets, appended to `curve` at every evaluation."""
-
-    def __init__(self, valid, vocab, new_ids: list[int], args):
-        import numpy as np
-        import torch
-
-        from engine.curriculum.masking import MaskingSpec, mask_batch, mask_seed
-
-        spec = MaskingSpec(unit="word")
-        rows = np.arange(min(args.eval_rows, len(valid)))
-        self.batches = [mask_batch(valid.get_batch(rows[i:i + args.batch_size]), spec, mask_seed(args.seed, -1, i, 0),
-                                   vocab) for i in range(0, len(rows), args.batch_size)]
-        self.new_token = torch.zeros(valid.vocab_size + 1, dtype=torch.bool)
-        self.new_token[torch.as_tensor(new_ids)] = True
-        self.curve: list[tuple[int, float, float]] = []
-        self.trainer = None  # set once built: evaluations are stamped with its step
-
-    def evaluate(self, engine) -> dict:
-        """Mean masked-token cross-entropy over all targets and over new-token targets."""
-        import torch
-
-        device = engine.device
-        engine.eval()
-        total, count, total_new, count_new = 0.0, 0, 0.0, 0
-        with torch.no_grad():
-            for batch in self.batches:
-                out = engine(input_ids=batch.input_ids.to(device), segment_ids=batch.segment_ids.to(device),
-                             labels=batch.labels.to(device), return_logits=True)
-                labels = batch.labels[batch.labels != -100].to(device)
-                losses = torch.nn.functional.cross_entropy(out.logits.float(), labels, reduction="none")
-                is_new = self.new_token.to(device)[labels]
-                total += float(losses.sum())
-                count += int(labels.numel())
-                total_new += float(losses[is_new].sum())
-                count_new += int(is_new.sum())
-        engine.train()
-        loss, new_loss = round(total / max(count, 1), 4), round(total_new / max(count_new, 1), 4)
-        self.curve.append((self.trainer.state.step, loss, new_loss))
-        return {"loss": loss, "new_token_loss": new_loss}
+    held_out = HeldOutCurve(valid, new_ids, args.eval_rows, args.batch_size, mask_key=args.seed,
+                            spec=MaskingSpec(unit="word"))
+    return train_with_curve(config, held_out, resolve_device(args.device))["curve"]

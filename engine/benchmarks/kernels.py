@@ -31,7 +31,7 @@ import time
 
 import torch
 
-from engine.benchmarks.record import write_record
+from engine.record import write_record
 
 BERT_ROWS, BERT_HIDDEN, BERT_VOCAB = 16384, 768, 30528
 MASKED_ROWS = 2458

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.benchmarks.record import write_record
+from engine.record import write_record
 from engine.curriculum.masking import MaskingSpec, make_masking_vocab, mask_batch, mask_seed
 from engine.curriculum.sampler import GlobalOrder
 from engine.benchmarks.synthetic import SyntheticBatch, SyntheticShards

@@ -15,7 +15,7 @@ import time
 import torch
 import transformers
 
-from engine.benchmarks.record import write_record
+from engine.record import write_record
 from engine.config import to_dict
 from engine.io import shared_data_dir, teacher_folder
 from engine.ner.finetune import FinetuneConfig

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from engine.benchmarks.data import SHARED, select_documents
-from engine.benchmarks.record import write_record
+from engine.record import write_record
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

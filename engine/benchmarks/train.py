@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from engine.benchmarks.record import write_record
+from engine.record import write_record
 from engine.io import TEACHER_INSTALL, shared_data_dir, teacher_folder
 
 ROOT = Path(__file__).resolve().parents[2]
