@@ -27,6 +27,7 @@ COMMANDS = [
     ("python engine/evaluate_ner.py", "engine.evaluate_ner", []),
     ("python engine/evaluate_ner.py merge", "engine.evaluate_ner", ["merge"]),
     ("python -m engine.demo", "engine.demo", []),
+    ("python engine/study.py", "engine.study", []),
 ]
 
 

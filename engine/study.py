@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from engine.cli import exit_without_finalizing, parse_config, print_config
+from engine.cli import Flag, exit_without_finalizing, parse_config, print_config
 from engine.io import shared_data_dir
 
 SHARED = shared_data_dir()
@@ -40,6 +40,13 @@ class StudyConfig:
     ner_data: Path = SHARED / "ner"  # folder with <TASK>/{train,devel,test}.tsv
     work: Path = Path("runs/study")  # scratch: shards, runs, inits, finished units (resumable)
     device: Literal["size", "cpu", "cuda"] = "size"  # size: the size's own device
+
+
+FLAGS = [Flag("--report-only", "report_only", value=True), Flag("--ner-data", "ner_data")]
+
+
+def parse_args(argv: list[str] | None) -> StudyConfig:
+    return parse_config(StudyConfig, argv, __doc__, FLAGS)
 
 
 def check_inputs(config: StudyConfig) -> Path:
@@ -78,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.io import atomic_write_text
     from engine.reproduction.report import write_report
 
-    config = parse_config(StudyConfig, argv, __doc__)
+    config = parse_args(argv)
     print_config(config, "study")
     record_path, report_path = config.out / "study.json", config.out.with_suffix(".md")
     if config.report_only:
