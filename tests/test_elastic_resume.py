@@ -110,6 +110,22 @@ def stopped_copy(run_dir: Path, dst: Path) -> Path:
     return dst
 
 
+def optimizer_settings(tag_dir: Path) -> tuple[list[dict], dict]:
+    """(each param group's hyper-parameters, each state's Adam step) from rank 0's optimizer file of a tag."""
+    from engine.training.safe_load import load_weights_only
+
+    [path] = tag_dir.glob("*zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    pending = [load_weights_only(path, map_location="cpu")]
+    while pending:  # the torch optimizer's state dict, wherever the ZeRO stage nests it
+        item = pending.pop()
+        if isinstance(item, dict) and {"state", "param_groups"} <= set(item):
+            return ([{k: v for k, v in group.items() if k != "params"} for group in item["param_groups"]],
+                    {key: float(state["step"]) for key, state in item["state"].items()})
+        if isinstance(item, dict):
+            pending.extend(item.values())
+    raise AssertionError(f"{path}: no optimizer state dict")
+
+
 def max_difference(a: dict[int, float], b: dict[int, float], steps) -> float:
     return max(abs(a[s] - b[s]) for s in steps)
 
@@ -137,12 +153,7 @@ def test_one_and_two_ranks_with_the_same_global_batch_give_the_same_losses(runs,
     assert difference < NOISE
 
 
-ZERO3_GAP = pytest.mark.xfail(strict=True, reason="ZeRO-3 through the universal checkpoint resumes and trains, but "
-                              "per-step losses after a 2 -> 1 resume differ from the uninterrupted run by up to "
-                              "6.6e-3 (measured), far above fp32 noise: some state is not restored exactly; open")
-
-
-@pytest.mark.parametrize("stage", [1, pytest.param(3, marks=ZERO3_GAP)])
+@pytest.mark.parametrize("stage", [1, 3])
 @pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
 def test_resume_on_another_number_of_ranks_matches_the_uninterrupted_run(runs, shards, tmp_path, stage, before,
                                                                          after):
@@ -157,6 +168,10 @@ def test_resume_on_another_number_of_ranks_matches_the_uninterrupted_run(runs, s
     difference = max_difference(ours, theirs, range(STOP + 1, STEPS + 1))
     print(f"ZeRO-{stage} {before} -> {after} ranks at step {STOP}: max per-step loss difference {difference:.3g}")
     assert difference < NOISE
+    # Its optimizer counts steps and keeps each group's weight decay as the uninterrupted run's does:
+    # the no-decay group decayed after a ZeRO-3 universal load moved the losses by only 4.6e-5 (< NOISE).
+    ckpt = f"checkpoints/{tag_for(STEPS)}"
+    assert optimizer_settings(resumed / ckpt) == optimizer_settings(reference / ckpt)
 
 
 def test_global_batch_that_cannot_be_split_is_refused_with_one_line(runs, shards, tmp_path):

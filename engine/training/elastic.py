@@ -13,6 +13,13 @@ Two things do change with the world size:
   one file and loads as is. The conversion reads the tag with `torch.load(weights_only=False)`, so it
   runs only on a tag whose checksums `find_resume` verified, after every file opened weights-only,
   and under `weights_only_loads()` (which its worker processes inherit through the environment).
+  DeepSpeed 0.19's ZeRO-3 universal load (`load_hp_checkpoint_state_from_checkpoint_dir_stage3`)
+  leaves two faults that `repair_universal_load` undoes, so the resumed run matches one that was
+  never stopped: it stores one and the same `step` tensor in the state of every param group, and
+  AdamW increments its `step` in place, so each optimizer step then counted once per group (5 -> 6
+  -> 8 with two groups) and the bias correction went wrong from the second step after the resume;
+  and it copies the first group's hyper-parameters onto every group, giving the no-decay group
+  (biases, LayerNorm) the decay group's weight decay.
 """
 from __future__ import annotations
 
@@ -110,6 +117,28 @@ def shared_universal(tag_dir: Path, rank: int) -> Path:
     if int(flag):
         raise CheckpointError(f"{tag_dir}: rank 0 could not convert it for the new world size (see its log)")
     return tag_dir.parent / UNIVERSAL / tag_dir.name
+
+
+def repair_universal_load(optimizer, universal_dir: Path) -> None:
+    """After a universal load into the wrapped torch `optimizer`: give every param's state its own
+    `step` tensor, and every param group its own saved hyper-parameters (weight decay, lr, betas,
+    ...) from `zero/optimizer_state.pt`, as a load on the same number of ranks does. A no-op where
+    DeepSpeed already did both (ZeRO 1-2)."""
+    import torch
+
+    from engine.training.safe_load import load_weights_only
+
+    for state in optimizer.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()
+    path = universal_dir / "zero" / "optimizer_state.pt"
+    saved = load_weights_only(path, map_location="cpu").get("param_groups")
+    groups = optimizer.param_groups
+    if not isinstance(saved, list) or len(saved) != len(groups):
+        raise CheckpointError(f"{path}: {len(saved) if isinstance(saved, list) else 'no'} saved param groups, "
+                              f"the optimizer has {len(groups)}")
+    for group, settings in zip(groups, saved):
+        group.update({key: value for key, value in settings.items() if key != "params"})
 
 
 def drop_universal(tag_dir: Path, rank: int) -> None:

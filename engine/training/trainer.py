@@ -140,6 +140,7 @@ class Trainer:
         load_from = elastic.shared_universal(tag_dir, rank) if self.plan.load_universal else tag_dir
         client = checkpoints.load_checkpoint(self.engine, load_from, rank, self.dist.world_size)
         if self.plan.load_universal:
+            elastic.repair_universal_load(self.engine.optimizer.optimizer, load_from)
             elastic.drop_universal(tag_dir, rank)
         self.state = TrainState(step=int(client["step"]), consumed_tokens=int(client["consumed_tokens"]))
         if self.state.step != self.stream.step:
