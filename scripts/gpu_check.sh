@@ -6,7 +6,12 @@
 #   2. the GPU tests and the kernel parity tests (on CUDA);
 #   3. python engine/benchmark.py kernels          -> $OUT_DIR/kernels.json
 #   4. python engine/benchmark.py train --gpu-mfu  -> $OUT_DIR/train_mfu.json (eager, compiled,
-#      fused, fused + compiled).
+#      fused, fused + compiled);
+#   5. the reproduction study at its GPU size (issue #16, about 8 minutes)
+#      -> $OUT_DIR/reproduction_gpu/study.json and $OUT_DIR/reproduction_gpu.md.
+# GPU_PARTS (default kernels,study) picks steps 2-4 (kernels) and/or 5 (study): a device command is
+# limited to 10 minutes, so on a lent GPU run `GPU_PARTS=kernels` and `GPU_PARTS=study` as two calls.
+# The study needs ../shared/data (corpus, vocabularies, NER) beside the checkout.
 #
 #   make wheels                    # beforehand, on a machine with network: fills wheels/
 #   make gpu-check                 # on the GPU machine (no network needed)
@@ -14,17 +19,18 @@
 #                                  # checks the wheel set installs for Python 3.12 and every step runs
 #
 # Environment: PY (python with torch; default python3), WHEELS (default wheels), OUT_DIR (default
-# bench, or runs/gpu-check-dry for a dry run), GPU_DRY_RUN (0/1).
+# bench, or runs/gpu-check-dry for a dry run), GPU_DRY_RUN (0/1), GPU_PARTS (kernels,study).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 WHEELS=${WHEELS:-wheels}
 DRY=${GPU_DRY_RUN:-0}
+PARTS=${GPU_PARTS:-kernels,study}
 if [ "$DRY" = 1 ]; then OUT_DIR=${OUT_DIR:-runs/gpu-check-dry}; else OUT_DIR=${OUT_DIR:-bench}; fi
 SITE=runs/gpu-check-site
 step() { echo; echo "== [$(date -u +%H:%M:%S), ${SECONDS}s] $*"; }
 
-step "1/4 wheels from $WHEELS/ (offline, --no-deps, into $SITE)"
+step "1/5 wheels from $WHEELS/ (offline, --no-deps, into $SITE)"
 shopt -s nullglob
 wheels=("$WHEELS"/*.whl)
 if [ ${#wheels[@]} -eq 0 ]; then
@@ -66,6 +72,8 @@ if [ "$DRY" = 1 ]; then
     tests_marker="not slow"
     kernels_args=(--tiny)
     mfu_args=(--tiny --gpu-micro 2 --seq-len 32 --steps 1 --warmup 1)
+    "$PY" -c "from engine.corpus.demo import write_demo_corpus; write_demo_corpus('runs/gpu-check-dry/corpus', num_docs=220)"
+    study_args=(--size tiny --device cpu --corpus runs/gpu-check-dry/corpus)
 else
     if ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
         echo "error: no CUDA device visible (use GPU_DRY_RUN=1 for the CPU dry run)" >&2; exit 1
@@ -73,16 +81,23 @@ else
     tests_marker=""
     kernels_args=()
     mfu_args=(--steps 20 --warmup 5)
+    study_args=(--size gpu)
 fi
 mkdir -p "$OUT_DIR"
 
-step "2/4 GPU tests and kernel parity tests"
-"$PY" -m pytest -q -rs ${tests_marker:+-m "$tests_marker"} tests/test_bert_gpu.py tests/test_kernels_*.py
+if [[ ",$PARTS," == *",kernels,"* ]]; then
+    step "2/5 GPU tests and kernel parity tests"
+    "$PY" -m pytest -q -rs ${tests_marker:+-m "$tests_marker"} tests/test_bert_gpu.py tests/test_kernels_*.py
 
-step "3/4 kernels benchmark -> $OUT_DIR/kernels.json"
-"$PY" engine/benchmark.py kernels "${kernels_args[@]}" --out "$OUT_DIR/kernels.json"
+    step "3/5 kernels benchmark -> $OUT_DIR/kernels.json"
+    "$PY" engine/benchmark.py kernels "${kernels_args[@]}" --out "$OUT_DIR/kernels.json"
 
-step "4/4 trainer MFU (eager, compiled, fused, fused + compiled) -> $OUT_DIR/train_mfu.json"
-"$PY" engine/benchmark.py train --gpu-mfu "${mfu_args[@]}" --out "$OUT_DIR/train_mfu.json"
+    step "4/5 trainer MFU (eager, compiled, fused, fused + compiled) -> $OUT_DIR/train_mfu.json"
+    "$PY" engine/benchmark.py train --gpu-mfu "${mfu_args[@]}" --out "$OUT_DIR/train_mfu.json"
+fi
+if [[ ",$PARTS," == *",study,"* ]]; then
+    step "5/5 reproduction study (${study_args[*]}) -> $OUT_DIR/reproduction_gpu.md"
+    "$PY" engine/study.py "${study_args[@]}" --out "$OUT_DIR/reproduction_gpu" --work runs/study-gpu
+fi
 
 step "done in ${SECONDS}s"

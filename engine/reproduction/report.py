@@ -79,9 +79,8 @@ def write_report(json_path: Path, markdown_path: Path) -> str:
 
 def render(study: dict, plots: str) -> str:
     """The whole markdown report."""
-    size = study["size"]
     parts = [header(study, plots), teacher_section(study), init_section(study, plots),
-             masking_section(study, plots), cost_section(study)]
+             masking_section(study, plots), significance_section(study), cost_section(study)]
     return "\n".join(parts).rstrip() + "\n"
 
 
@@ -187,6 +186,36 @@ def masking_section(study: dict, plots: str) -> str:
         f"{size['ner_max_length']} pieces; entity-level F1, seqeval strict IOB2) with the same seed. t: two-sample over "
         f"seeds, significant at 5 % beyond {significance_threshold(df)}.", "", *rows, "",
         f"![held-out loss by arm]({plots}/masking.png) ![NER F1 by arm]({plots}/ner.png)", ""])
+
+
+def significance_section(study: dict) -> str:
+    """Which differences the seeds support at this scale, and which they do not."""
+    size = study["size"]
+    inits = init_summary(study)
+    gaps = {m: s for m, s in inits.items() if m != "random"}
+    supported = [f"`{m}` ({s['gap'][0]:+.3f})" for m, s in gaps.items() if significant(*s["gap_t"])]
+    unsupported = [f"`{m}` ({s['gap'][0]:+.3f})" for m, s in gaps.items() if not significant(*s["gap_t"])]
+    arms = masking_summary(study)
+    base, other = list(arms)[0], list(arms)[-1]
+    rows = {"held-out MLM loss": (arms[base]["loss_final"], arms[other]["loss_final"])}
+    rows.update({f"{task} {split} F1": (arms[base]["f1"][(task, split)], arms[other]["f1"][(task, split)])
+                 for task, split in arms[base]["f1"]})
+    masking_yes = [name for name, (a, b) in rows.items() if significant(*two_sample_t(a, b))]
+    lines = ["## What is and is not significant at this scale", "",
+             f"- Final held-out loss against random init (paired over {len(size['seeds'])} seeds): "
+             f"{'significant for ' + ', '.join(supported) if supported else 'no method differs significantly'}"
+             f"{'; not significant for ' + ', '.join(unsupported) if unsupported and supported else ''}"
+             f"{' (' + ', '.join(unsupported) + ')' if unsupported and not supported else ''}.",
+             f"- Steps to random's final loss are read at evaluations {size['eval_every']} steps apart: a fraction "
+             f"is uncertain by {size['eval_every'] / size['steps']:.2f} on top of the spread over seeds.",
+             f"- `{other}` vs `{base}`: "
+             f"{'significant for ' + ', '.join(masking_yes) if masking_yes else 'no difference is significant'} "
+             f"({len(size['seeds'])} seeds per arm).",
+             f"- Scale: {size['steps']}-step runs of a {study['model']['num_layers']}-layer, "
+             f"{study['model']['hidden_size']}-wide model on {size['train_docs']} documents. The paper's claims concern "
+             "BERT-base pre-trained for tens of thousands of steps: a difference not seen here is not refuted, and "
+             "one seen here is not confirmed at full scale.", ""]
+    return "\n".join(lines)
 
 
 ASSUMED_GPU = ("H100 SXM", 989e12, 0.40)  # name, dense bf16 peak FLOP/s, assumed model-FLOPs utilisation

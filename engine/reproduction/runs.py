@@ -1,18 +1,19 @@
 """The study's runs: corpus slices, the teacher's MLM warm-up, the init comparison, the masking comparison.
 
 Each finished unit (the teacher, one init method with one seed, one masking arm with one seed and its
-NER scores) is kept as JSON under `work/results/`, so a stopped study picks up where it stopped; the
-work folder is cleared when the size or the inputs change (`study-inputs.json`).
+NER scores) is kept as JSON under the work folder, so a stopped study picks up where it stopped
+(`open_work`: what is kept when which settings change).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import islice
 from pathlib import Path
 from typing import Callable
@@ -35,10 +36,10 @@ class StudyInputs:
 
 
 class UnitResults:
-    """Per-unit JSON results under `work/results/`: computed once, reused by a re-run."""
+    """Per-unit JSON results under `folder`: computed once, reused by a re-run."""
 
-    def __init__(self, work: Path):
-        self.folder = work / "results"
+    def __init__(self, folder: Path):
+        self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def get(self, key: str, compute: Callable[[], dict], log: Callable[[str], None]) -> dict:
@@ -53,16 +54,25 @@ class UnitResults:
         return result
 
 
-def open_work(size: StudySize, inputs: StudyInputs) -> UnitResults:
-    """The work folder for these settings: kept when they match the last run's, cleared otherwise."""
-    stamp = json.dumps({"size": asdict(size), "inputs": {k: str(v) for k, v in asdict(inputs).items()}},
-                       sort_keys=True)
+TEACHER_FIELDS = ("train_docs", "context_docs", "seq_len", "teacher_steps", "teacher_batch", "teacher_eval_batches")
+
+
+def open_work(size: StudySize, inputs: StudyInputs) -> tuple[UnitResults, UnitResults, Path]:
+    """(teacher results, unit results, unit folder) for these settings.
+
+    The corpus slices and the warmed-up teacher depend only on the inputs and `TEACHER_FIELDS`: the
+    work folder is cleared when those change. Inits and runs live under a folder named by a hash of
+    the whole size, so changing a pre-training setting re-runs the units but keeps the teacher.
+    """
+    base = json.dumps({"inputs": {k: str(v) for k, v in asdict(inputs).items()},
+                       "size": {k: getattr(size, k) for k in TEACHER_FIELDS}}, sort_keys=True)
     marker = inputs.work / "study-inputs.json"
-    if not (marker.is_file() and marker.read_text(encoding="utf-8") == stamp):
+    if not (marker.is_file() and marker.read_text(encoding="utf-8") == base):
         shutil.rmtree(inputs.work, ignore_errors=True)
         inputs.work.mkdir(parents=True)
-        atomic_write_text(marker, stamp)
-    return UnitResults(inputs.work)
+        atomic_write_text(marker, base)
+    units = inputs.work / ("units-" + hashlib.sha256(json.dumps(asdict(size), sort_keys=True).encode()).hexdigest()[:12])
+    return UnitResults(inputs.work / "teacher-results"), UnitResults(units / "results"), units
 
 
 def prepare_corpus(size: StudySize, inputs: StudyInputs) -> dict[str, Path]:
@@ -250,9 +260,10 @@ def masking_unit(size: StudySize, inputs: StudyInputs, teacher: Path, paths: dic
 def run_study(size: StudySize, inputs: StudyInputs, log: Callable[[str], None] = print) -> dict:
     """All parts in order; the figures of `study.json` (without the machine/commit envelope)."""
     started = time.perf_counter()
-    results = open_work(size, inputs)
+    teacher_results, results, units = open_work(size, inputs)
     paths = prepare_corpus(size, inputs)
-    teacher = results.get("teacher", lambda: warm_teacher(size, inputs, paths), log)
+    teacher = teacher_results.get("teacher", lambda: warm_teacher(size, inputs, paths), log)
+    inputs = replace(inputs, work=units)  # inits, runs, models and NER folders of these settings
     teacher_folder = Path(teacher["folder"])
     new_ids = new_token_ids(teacher_folder, inputs.vocab)
     inits = [results.get(f"init-{method}-seed{seed}",

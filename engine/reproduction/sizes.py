@@ -46,7 +46,7 @@ CPU = StudySize(
     train_docs=300, context_docs=600, seq_len=128, seeds=(1, 2, 3),
     teacher_steps=200, teacher_batch=16, teacher_eval_batches=16,
     methods=("random", "fvt", "contextual", "distill"), init_k=2, distill_epochs=1,
-    steps=80, batch=8, lr=5e-4, warmup=8, eval_every=10, eval_rows=128,
+    steps=80, batch=8, lr=1e-4, warmup=8, eval_every=10, eval_rows=128,
     masking_init="fvt", arms=("flat", "bioptimus"),
     ner_tasks=("ncbi-disease", "bc5cdr-chem"), ner_train_sentences=1000, ner_eval_sentences=2000,
     ner_epochs=1, ner_lr=2e-4, ner_batch=16, ner_max_length=128, device="cpu",
