@@ -82,6 +82,7 @@ def test_claim_one_is_met_when_the_recommended_init_needs_half_the_steps_on_ever
     summary = report.init_summary(study)
     assert summary["fvt"]["reached"] == {1: 10, 2: 10, 3: 10} and summary["fvt"]["fraction"] == (0.25, 0.0)
     assert summary["random"]["reached"] == {1: 40, 2: 40, 3: 40}
+    assert summary["fvt"]["reached_new"] == {1: 0, 2: 0, 3: 0}  # every curve's new-token loss is flat at 9.0
     text = report.render(study, "reproduction")
     assert "Claim 1 at this scale: met** by `fvt`" in text and "0.25 ± 0.00 of the steps" in text
 
