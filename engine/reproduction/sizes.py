@@ -53,15 +53,13 @@ CPU = StudySize(
     notes=("NER trains on the first 1,000 train sentences for one epoch and scores the first 2,000 devel "
            "and test sentences (all of NCBI-disease's): F1 far below BLURB's, comparable only between arms.",))
 
-GPU = StudySize(
-    train_docs=1500, context_docs=1500, seq_len=128, seeds=(1, 2, 3),
-    teacher_steps=1000, teacher_batch=64, teacher_eval_batches=8,
-    methods=("random", "fvt", "contextual", "distill"), init_k=8, distill_epochs=2,
-    steps=600, batch=32, lr=5e-4, warmup=30, eval_every=50, eval_rows=512,
-    masking_init="fvt", arms=("flat", "bioptimus"),
-    ner_tasks=("ncbi-disease", "bc5cdr-chem"), ner_train_sentences=None, ner_eval_sentences=None,
-    ner_epochs=3, ner_lr=5e-5, ner_batch=32, ner_max_length=256, device="cuda",
-    notes=("Sized from the CPU run's step times for about eight minutes on one H100/H200; not run yet.",))
+GPU = replace(
+    CPU, train_docs=1000, context_docs=1000, teacher_steps=1000, teacher_batch=64, teacher_eval_batches=8,
+    init_k=8, distill_epochs=2, steps=600, batch=32, lr=2e-4, warmup=30, eval_every=50, eval_rows=512,
+    ner_train_sentences=None, ner_eval_sentences=None, ner_epochs=2, ner_lr=5e-5, ner_batch=32, ner_max_length=256,
+    device="cuda",
+    notes=("Sized by estimate for about eight minutes on one H100/H200 (not yet run on a GPU): the CPU size's "
+           "step counts × 5-7.5, batches × 4, all NER sentences.",))
 
 TINY = replace(
     CPU, train_docs=160, context_docs=40, seq_len=64, seeds=(1, 2), teacher_steps=3, teacher_batch=4,
