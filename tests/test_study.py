@@ -198,3 +198,17 @@ def test_changing_a_pretraining_setting_keeps_the_teacher_and_a_corpus_setting_c
 
     teacher, _, _ = open_work(replace(TINY, train_docs=TINY.train_docs + 1), inputs)
     assert not (teacher.folder / "teacher.json").exists() and not folder.exists()
+
+
+def test_a_work_folder_the_study_did_not_write_is_refused_and_kept(tmp_path):
+    from engine.reproduction.runs import StudyInputs, open_work
+    from engine.reproduction.sizes import TINY
+
+    work = tmp_path / "mine"
+    work.mkdir()
+    (work / "notes.txt").write_text("a user's file")
+    inputs = StudyInputs(corpus=tmp_path / "c", teacher=tmp_path / "t", vocab=tmp_path / "v", ner_data=tmp_path / "n",
+                         work=work)
+    with pytest.raises(ValueError, match="not a study's work folder"):
+        open_work(TINY, inputs)
+    assert (work / "notes.txt").read_text() == "a user's file"

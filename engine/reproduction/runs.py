@@ -68,6 +68,9 @@ def open_work(size: StudySize, inputs: StudyInputs) -> tuple[UnitResults, UnitRe
                        "size": {k: getattr(size, k) for k in TEACHER_FIELDS}}, sort_keys=True)
     marker = inputs.work / "study-inputs.json"
     if not (marker.is_file() and marker.read_text(encoding="utf-8") == base):
+        if inputs.work.exists() and any(inputs.work.iterdir()) and not marker.is_file():
+            raise ValueError(f"--work {inputs.work} holds files but no study-inputs.json: not a study's work "
+                             f"folder, left as it is (give an empty or new folder)")
         shutil.rmtree(inputs.work, ignore_errors=True)
         inputs.work.mkdir(parents=True)
         atomic_write_text(marker, base)
@@ -134,10 +137,16 @@ def warm_teacher(size: StudySize, inputs: StudyInputs, paths: dict[str, Path]) -
             "eval_rows": size.teacher_eval_batches * size.teacher_batch}
 
 
-def deepspeed_options(size: StudySize) -> list[str]:
+def deepspeed_config(size: StudySize) -> tuple[Path, str]:
+    """(DeepSpeed JSON, precision) of every run of the study: ZeRO-1 bf16 on a GPU, ZeRO-0 fp32 on CPU."""
     if resolve_device(size.device).type == "cuda":
-        return ["--deepspeed.config=ds_configs/zero1_bf16.json"]
-    return ["--deepspeed.config=ds_configs/zero0_fp32_cpu.json"]
+        return ROOT / "ds_configs" / "zero1_bf16.json", "bf16"
+    return ROOT / "ds_configs" / "zero0_fp32_cpu.json", "fp32"
+
+
+def deepspeed_options(size: StudySize) -> list[str]:
+    config, precision = deepspeed_config(size)
+    return [f"--deepspeed.config={config}", f"--deepspeed.precision={precision}"]
 
 
 def pretrain_config(size: StudySize, out_dir: Path, init_from: Path, shards: Path, preset: str, seed: int):
@@ -145,7 +154,7 @@ def pretrain_config(size: StudySize, out_dir: Path, init_from: Path, shards: Pat
     from engine.curriculum.schedule import CurriculumConfig
     from engine.training import config as run_config
 
-    cuda = resolve_device(size.device).type == "cuda"
+    ds_file, precision = deepspeed_config(size)
     return run_config.PretrainConfig(
         out_dir=out_dir, steps=size.steps, seq_len=size.seq_len, seed=seed,
         model=run_config.ModelSection(init_from=init_from),
@@ -154,8 +163,7 @@ def pretrain_config(size: StudySize, out_dir: Path, init_from: Path, shards: Pat
         optim=run_config.OptimSection(lr=size.lr, eps=1e-8, weight_decay=0.01, warmup_steps=size.warmup,
                                       decay="constant", grad_clip=1.0),
         batch=run_config.BatchSection(micro=size.batch),
-        deepspeed=run_config.DeepSpeedSection(config=ROOT / "ds_configs" / ("zero1_bf16.json" if cuda else "zero0_fp32_cpu.json"),
-                                              precision="bf16" if cuda else "fp32"),
+        deepspeed=run_config.DeepSpeedSection(config=ds_file, precision=precision),
         checkpoint=run_config.CheckpointSection(interval=size.steps, keep_last=1),
         logging=run_config.LoggingSection(interval=size.eval_every, tensorboard=False, progress_bar=False),
         eval=run_config.EvalSection(interval=size.eval_every))
