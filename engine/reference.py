@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine import cli
-from engine.io import atomic_write_text
+from engine.io import atomic_write_text, shared_data_dir
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
@@ -74,13 +74,19 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def _portable_default(text: str) -> str:
+    """A default under this machine's shared data folder, written as `$BIOPTIMUS_SHARED_DATA/...`,
+    so the committed reference is the same on every checkout (CI clones the project elsewhere)."""
+    return text.replace(str(shared_data_dir()), "$BIOPTIMUS_SHARED_DATA")
+
+
 def _rows(cls: type, aliases: dict[str, list[str]]) -> list[str]:
     rows = []
     for option in cli.options(cls):
         if option.type_name is None:  # a section: its fields follow as dotted keys
             continue
         also = f" (also `{'`, `'.join(aliases[option.key])}`)" if option.key in aliases else ""
-        rows.append(f"| `--{option.key}` | `{_cell(option.type_name)}` | `{_cell(option.default.removeprefix('default: '))}` | "
+        rows.append(f"| `--{option.key}` | `{_cell(option.type_name)}` | `{_cell(_portable_default(option.default.removeprefix('default: ')))}` | "
                     f"{_cell(option.comment)}{_cell(also)} |")
     return rows
 
@@ -108,7 +114,8 @@ def reference_markdown() -> str:
             "keys mirror the options: `[optim]` `lr = 1e-4` is `--optim.lr=1e-4`), then the command line, "
             "left to right. A bare bool option means true; a list is `a,b` or JSON. An unknown option, a "
             "badly typed value or a value outside its choices is one `error:` line and exit status 2. "
-            "`required` options have no default.\n\n")
+            "`required` options have no default. `$BIOPTIMUS_SHARED_DATA` in a default is that environment "
+            "variable, else `../shared/data` beside the project.\n\n")
     toc = "".join(f"- [`{typed}`](#{_anchor(typed)})\n" for typed, _, _ in COMMANDS)
     sections = [command_section(typed, command_spec(module, argv)) for typed, module, argv in COMMANDS]
     return head + toc + "\n" + "\n".join(sections)

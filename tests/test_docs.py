@@ -37,6 +37,16 @@ def test_configuration_reference_is_a_fresh_generation_from_the_dataclasses():
     assert committed == reference.reference_markdown(), "docs/configuration.md is stale: run python -m engine.reference"
 
 
+def test_the_reference_is_the_same_wherever_the_shared_data_lies(tmp_path):
+    # CI clones the project elsewhere: a default under the shared data must not print this machine's path
+    out = tmp_path / "configuration.md"
+    env = {**os.environ, "BIOPTIMUS_SHARED_DATA": str(tmp_path / "elsewhere" / "data")}
+    subprocess.run([sys.executable, "-m", "engine.reference", str(out)], cwd=ROOT, env=env, check=True,
+                   capture_output=True)
+    assert out.read_text() == (DOCS / "configuration.md").read_text()
+    assert "`\"$BIOPTIMUS_SHARED_DATA/ner\"`" in out.read_text()
+
+
 def test_reference_has_a_row_for_every_pretrain_field_and_the_scripts_own_flags():
     text = (DOCS / "configuration.md").read_text()
     pretrain = text.split("## `python engine/pretrain.py`")[1].split("\n## ")[0]
