@@ -155,6 +155,11 @@ def test_tiny_study_regenerates_a_report_built_from_its_json_and_resumes_from_fi
     assert study["teacher"]["loss_after"] < study["teacher"]["loss_before"]
     assert {u["arm"] for u in study["masking"]} == {"flat", "bioptimus"}
     assert all(0.0 <= u["ner"]["ncbi-disease"]["test"]["f1"] <= 1.0 for u in study["masking"])
+    # the flat arm from the fvt init is claim 1's fvt run itself: trained once, exported from there
+    flat = {u["seed"]: u for u in study["masking"] if u["arm"] == "flat"}
+    fvt = {u["seed"]: u for u in study["inits"] if u["method"] == "fvt"}
+    assert all(flat[s]["same_run_as"] == f"init-fvt-seed{s}" and flat[s]["curve"] == fvt[s]["curve"] for s in (1, 2))
+    assert not list(work.glob("units-*/runs/masking-flat-*")) and list(work.glob("units-*/runs/masking-bioptimus-*"))
     text = (tmp_path / "docs" / "reproduction.md").read_text()
     assert text == report.render(study, "reproduction")
     teacher = study["teacher"]

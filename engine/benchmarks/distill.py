@@ -226,6 +226,7 @@ def quality_benchmark(args) -> dict:
 
     from engine.distill import DistillError
     from engine.distill.pipeline import config_from_args, run as distill_run
+    from engine.reproduction.runs import new_token_ids
 
     work = Path(args.work)
     context_corpus = work / "context_corpus.jsonl"
@@ -245,7 +246,7 @@ def quality_benchmark(args) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     shards, _context_corpus = split_corpus(args, work)  # writes the context_corpus the configs name
-    new_ids = new_token_ids(args)
+    new_ids = new_token_ids(Path(args.teacher), Path(args.vocab))
     results: dict = {}
     for entry, config in configs.items():
         init_dir = Path(config.out)
@@ -279,13 +280,6 @@ def parse_method_entry(entry: str) -> tuple[str, dict[str, str]]:
             key, value = "layer", option
         overrides[key] = value
     return method, overrides
-
-
-def new_token_ids(args) -> list[int]:
-    """Ids of the new vocabulary that the teacher's vocabulary lacks (the rows the methods differ on)."""
-    from engine.distill.vocab import align, read_vocab
-
-    return align(read_vocab(args.teacher), read_vocab(args.vocab), args.teacher, args.vocab).new_ids.tolist()
 
 
 def split_corpus(args, work: Path) -> tuple[Path, Path]:

@@ -196,8 +196,18 @@ def masking_section(study: dict, plots: str) -> str:
         f"budget ({', '.join(f'`{a}`' for a in arms)}; `engine/curriculum/schedule.py` PRESETS), then NER fine-tuning "
         f"({size['ner_epochs']} epoch(s), lr {size['ner_lr']:g}, batch {size['ner_batch']}, windows of "
         f"{size['ner_max_length']} pieces; entity-level F1, seqeval strict IOB2) with the same seed. t: two-sample over "
-        f"seeds, significant at 5 % beyond {significance_threshold(df)}.", "", *rows, "",
+        f"seeds, significant at 5 % beyond {significance_threshold(df)}.{shared_run_note(study)}", "", *rows, "",
         f"![held-out loss by arm]({plots}/masking.png) ![NER F1 by arm]({plots}/ner.png)", ""])
+
+
+def shared_run_note(study: dict) -> str:
+    """Say so when an arm is the init comparison's own run (trained once, not twice)."""
+    shared = [unit for unit in study["masking"] if unit.get("same_run_as")]
+    if not shared:
+        return ""
+    arm, init = shared[0]["arm"], study["size"]["masking_init"]
+    return (f" The `{arm}` arm is the `{init}` init's run of claim 1 itself (same init, seed, masking and steps), "
+            "trained once and exported for NER.")
 
 
 def significance_section(study: dict) -> str:

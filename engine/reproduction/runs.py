@@ -186,7 +186,7 @@ def new_token_ids(teacher: Path, vocab: Path) -> list[int]:
     """Ids of the domain vocabulary that the teacher's lacks: the rows the init methods differ on."""
     from engine.distill.vocab import align, read_vocab
 
-    return align(read_vocab(teacher / "vocab.txt"), read_vocab(vocab), teacher / "vocab.txt", vocab).new_ids.tolist()
+    return align(read_vocab(teacher), read_vocab(vocab), teacher, vocab).new_ids.tolist()
 
 
 def make_init(size: StudySize, inputs: StudyInputs, teacher: Path, contexts: Path, method: str, seed: int) -> Path:
@@ -206,6 +206,13 @@ def make_init(size: StudySize, inputs: StudyInputs, teacher: Path, contexts: Pat
     return folder
 
 
+INIT_ARM = "flat"  # the masking every init is compared under
+
+
+def init_run(inputs: StudyInputs, method: str, seed: int) -> Path:
+    return inputs.work / "runs" / f"init-{method}-seed{seed}"
+
+
 def init_unit(size: StudySize, inputs: StudyInputs, teacher: Path, paths: dict[str, Path], new_ids: list[int],
               method: str, seed: int) -> dict:
     """One init method with one seed: make the init, pre-train `steps`, the held-out curve."""
@@ -215,8 +222,10 @@ def init_unit(size: StudySize, inputs: StudyInputs, teacher: Path, paths: dict[s
     init = make_init(size, inputs, teacher, paths["contexts"], method, seed)
     init_seconds = time.perf_counter() - started
 
-    config = pretrain_config(size, inputs.work / "runs" / f"init-{method}-seed{seed}", init, paths["shards"], "flat", seed)
-    trained = train_with_curve(config, held_out_curve(size, paths["shards"], new_ids), resolve_device(size.device))
+    config = pretrain_config(size, init_run(inputs, method, seed), init, paths["shards"], INIT_ARM, seed)
+    keep = method == size.masking_init and INIT_ARM in size.arms  # that masking arm is this very run
+    trained = train_with_curve(config, held_out_curve(size, paths["shards"], new_ids), resolve_device(size.device),
+                               keep_checkpoint=keep)
     report = json.loads((init / "distill_report.json").read_text(encoding="utf-8"))
     return {"method": method, "seed": seed, "init_seconds": round(init_seconds, 1),
             "mlm_head_fit": report.get("mlm_head_fit"), **trained}
@@ -246,23 +255,32 @@ def ner_scores(size: StudySize, inputs: StudyInputs, model: Path, seed: int, out
 
 
 def masking_unit(size: StudySize, inputs: StudyInputs, teacher: Path, paths: dict[str, Path], new_ids: list[int],
-                 arm: str, seed: int) -> dict:
-    """One curriculum arm with one seed from the recommended init: held-out curve, export, NER F1."""
+                 arm: str, seed: int, init_result: dict | None = None) -> dict:
+    """One curriculum arm with one seed from the recommended init: held-out curve, export, NER F1.
+
+    The `flat` arm from the recommended init is the same run as that init's comparison run (same init,
+    seed, masking and steps), so with `init_result` it is trained once and exported from there.
+    """
     from engine.reproduction.curves import train_with_curve
     from engine.training.export import export_checkpoint
 
     init = make_init(size, inputs, teacher, paths["contexts"], size.masking_init, seed)
-    run = inputs.work / "runs" / f"masking-{arm}-seed{seed}"
-    config = pretrain_config(size, run, init, paths["shards"], arm, seed)
-    trained = train_with_curve(config, held_out_curve(size, paths["shards"], new_ids), resolve_device(size.device),
-                               keep_checkpoint=True)
+    same_run = arm == INIT_ARM and init_result is not None
+    run = init_run(inputs, size.masking_init, seed) if same_run else inputs.work / "runs" / f"masking-{arm}-seed{seed}"
+    if same_run and (run / "checkpoints").is_dir():  # the init comparison already trained this arm: export it
+        trained = {key: init_result[key] for key in ("curve", "train_seconds")}
+    else:
+        config = pretrain_config(size, run, init, paths["shards"], arm, seed)
+        trained = train_with_curve(config, held_out_curve(size, paths["shards"], new_ids), resolve_device(size.device),
+                                   keep_checkpoint=True)
     model = inputs.work / "models" / f"{arm}-seed{seed}"
     shutil.rmtree(model, ignore_errors=True)
     export_checkpoint(run / "checkpoints", model, tokenizer_dir=paths["shards"])
     shutil.rmtree(run / "checkpoints", ignore_errors=True)
     ner = ner_scores(size, inputs, model, seed, inputs.work / "ner" / f"{arm}-seed{seed}")
     shutil.rmtree(model, ignore_errors=True)
-    return {"arm": arm, "seed": seed, "init": size.masking_init, **trained, "ner": ner}
+    same = {"same_run_as": f"init-{size.masking_init}-seed{seed}"} if same_run else {}
+    return {"arm": arm, "seed": seed, "init": size.masking_init, **trained, **same, "ner": ner}
 
 
 def run_study(size: StudySize, inputs: StudyInputs, log: Callable[[str], None] = print) -> dict:
@@ -277,8 +295,10 @@ def run_study(size: StudySize, inputs: StudyInputs, log: Callable[[str], None] =
     inits = [results.get(f"init-{method}-seed{seed}",
                          lambda m=method, s=seed: init_unit(size, inputs, teacher_folder, paths, new_ids, m, s), log)
              for method in size.methods for seed in size.seeds]
+    init_of = {(unit["method"], unit["seed"]): unit for unit in inits}
     masking = [results.get(f"masking-{arm}-seed{seed}",
-                           lambda a=arm, s=seed: masking_unit(size, inputs, teacher_folder, paths, new_ids, a, s), log)
+                           lambda a=arm, s=seed: masking_unit(size, inputs, teacher_folder, paths, new_ids, a, s,
+                                                              init_of.get((size.masking_init, s))), log)
                for arm in size.arms for seed in size.seeds]
     return {"size": asdict(size), "new_tokens": len(new_ids), "teacher": teacher, "inits": inits, "masking": masking,
             "wall_s": round(time.perf_counter() - started, 1)}
