@@ -59,7 +59,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$dir/munge/munge.sock
+# cred_expire: a requeued job waits cred_expire + 1 s before it may start again (default 120 s)
+AuthInfo=socket=$dir/munge/munge.sock,cred_expire=20
 StateSaveLocation=$dir/spool/ctld
 SlurmdSpoolDir=$dir/spool/d/%n
 SlurmctldPidFile=$dir/run/slurmctld.pid
